@@ -1,0 +1,1 @@
+//! Word expansion (placeholder: being written).
