@@ -125,7 +125,7 @@ pub struct Flag {
 
 /// The instructions of the Dockerfile reference (current stable `docker/dockerfile:1`).
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
+#[serde(rename_all = "lowercase", tag = "kind", content = "value")]
 pub enum Instruction {
     From(From),
     Run(Run),

@@ -55,7 +55,12 @@ fn dump(logical: &Logical<'_>, node: &Node) -> String {
             match &**command {
                 Arguments::Json(strings) => values.extend(strings.iter().map(|(s, _)| quote(s))),
                 Arguments::Text(range) => values.push(quote(&text(range))),
-                _ => {}
+                Arguments::None
+                | Arguments::Split(_)
+                | Arguments::Pairs { .. }
+                | Arguments::Words(_)
+                | Arguments::Healthcheck { .. }
+                | Arguments::Onbuild(_) => {}
             }
             values
         }

@@ -44,13 +44,13 @@ pub enum ErrorKind {
     InvalidFlagValue {
         flag: String,
         value: String,
-        expected: String,
+        expected: &'static str,
     },
     #[error("invalid duration {value:?} for --{flag}: {reason}")]
     InvalidDuration {
         flag: String,
         value: String,
-        reason: String,
+        reason: &'static str,
     },
     #[error("invalid value {0:?} for --retries: expected a number of retries, at least 0")]
     InvalidRetries(String),
@@ -88,12 +88,8 @@ pub enum ErrorKind {
     MountOptionForType { option: String, kind: String },
     #[error("mount type={0} requires a target")]
     MountTarget(String),
-    #[error("heredoc `<<` requires a delimiter name")]
-    HeredocName,
     #[error("unterminated heredoc: no line {0:?} before the end of the file")]
     UnterminatedHeredoc(String),
-    #[error("a heredoc body can only follow RUN, COPY or ADD")]
-    HeredocNotAllowed,
 }
 
 /// A syntax or semantic error in a Dockerfile, with where it is and maybe a hint.
@@ -103,7 +99,7 @@ pub struct ParseError {
     pub kind: ErrorKind,
     pub span: Span,
     /// A suggestion in human words ("did you mean RUN?").
-    pub hint: Option<String>,
+    pub hint: Option<Box<str>>,
 }
 
 impl ParseError {
@@ -116,7 +112,7 @@ impl ParseError {
     }
 
     pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.hint = Some(hint.into().into_boxed_str());
         self
     }
 

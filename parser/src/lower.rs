@@ -1,6 +1,9 @@
 //! Turns the untyped nodes of `syntax.rs` into the typed AST, with the checks of BuildKit's
 //! `instructions` package: argument counts, flags per instruction, forms, mounts, durations.
 
+// Matches on the untyped `Arguments` accept the forms an instruction takes and reject the rest.
+#![allow(clippy::wildcard_enum_match_arm)]
+
 use std::ops::Range;
 use std::time::Duration;
 
@@ -87,8 +90,11 @@ fn flag_specs(instruction: &str) -> &'static [(&'static str, FlagKind)] {
 /// The validated flags of one instruction.
 struct Flags<'l> {
     logical: &'l Logical<'l>,
-    values: Vec<(&'static str, Vec<(Option<String>, Range<usize>)>)>,
+    /// Each flag given, with its values (several for repeatable flags) and where they are.
+    values: Vec<(&'static str, FlagValues)>,
 }
+
+type FlagValues = Vec<(Option<String>, Range<usize>)>;
 
 impl<'l> Flags<'l> {
     fn parse(
@@ -97,7 +103,7 @@ impl<'l> Flags<'l> {
         raw: &[RawFlag],
     ) -> Result<Self, ParseError> {
         let specs = flag_specs(instruction);
-        let mut values: Vec<(&'static str, Vec<(Option<String>, Range<usize>)>)> = Vec::new();
+        let mut values: Vec<(&'static str, FlagValues)> = Vec::new();
         for flag in raw {
             let span = logical.span(flag.range.clone());
             let Some(&(name, kind)) = specs.iter().find(|(name, _)| *name == flag.name) else {
@@ -202,24 +208,16 @@ pub(crate) fn statement(parsed: &Parsed<'_>) -> Result<Statement, ParseError> {
     let mut statement = lower(&parsed.logical, &parsed.node)?;
     statement.span = Span {
         start: source_span.start,
-        end: heredoc_end(&statement).unwrap_or(source_span.end),
+        end: statement
+            .heredocs()
+            .last()
+            .map_or(source_span.end, |heredoc| heredoc.span.end),
     };
     statement.comments.clone_from(&parsed.comments);
     statement
         .empty_continuation_lines
         .clone_from(&parsed.empty_continuation_lines);
     Ok(statement)
-}
-
-fn heredoc_end(statement: &Statement) -> Option<crate::ast::Position> {
-    let heredocs = match &statement.instruction {
-        Instruction::Run(run) => &run.heredocs,
-        Instruction::Copy(copy) => &copy.paths.heredocs,
-        Instruction::Add(add) => &add.paths.heredocs,
-        Instruction::Onbuild(onbuild) => return heredoc_end(&onbuild.trigger),
-        _ => return None,
-    };
-    heredocs.last().map(|heredoc| heredoc.span.end)
 }
 
 fn word(logical: &Logical<'_>, range: Range<usize>) -> Word {
@@ -278,11 +276,17 @@ fn lower(logical: &Logical<'_>, node: &Node) -> Result<Statement, ParseError> {
                         .with_hint("name a stage with `FROM image AS name`"));
                 }
             };
-            if let Some(alias) = &alias {
-                if !valid_stage_name(&alias.text) {
-                    return Err(ParseError::new(ErrorKind::InvalidStageName(alias.text.clone()), alias.span)
-                        .with_hint("stage names start with a letter and hold letters, digits, `-`, `_` and `.`"));
-                }
+            if let Some(alias) = alias
+                .as_ref()
+                .filter(|alias| !valid_stage_name(&alias.text))
+            {
+                return Err(ParseError::new(
+                    ErrorKind::InvalidStageName(alias.text.clone()),
+                    alias.span,
+                )
+                .with_hint(
+                    "stage names start with a letter and hold letters, digits, `-`, `_` and `.`",
+                ));
             }
             Instruction::From(From {
                 image,
@@ -305,6 +309,7 @@ fn lower(logical: &Logical<'_>, node: &Node) -> Result<Statement, ParseError> {
                     choice(
                         &value,
                         "network",
+                        "default, none, host",
                         &[
                             ("default", Network::Default),
                             ("none", Network::None),
@@ -319,6 +324,7 @@ fn lower(logical: &Logical<'_>, node: &Node) -> Result<Statement, ParseError> {
                     choice(
                         &value,
                         "security",
+                        "sandbox, insecure",
                         &[
                             ("sandbox", Security::Sandbox),
                             ("insecure", Security::Insecure),
@@ -635,6 +641,7 @@ fn key_values(
 fn choice<T: std::marker::Copy>(
     value: &Word,
     flag: &str,
+    expected: &'static str,
     options: &[(&str, T)],
 ) -> Result<T, ParseError> {
     options
@@ -646,11 +653,7 @@ fn choice<T: std::marker::Copy>(
                 ErrorKind::InvalidFlagValue {
                     flag: flag.to_string(),
                     value: value.text.clone(),
-                    expected: options
-                        .iter()
-                        .map(|(name, _)| *name)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    expected,
                 },
                 value.span,
             )
@@ -880,12 +883,12 @@ fn interval(flags: &Flags<'_>, name: &str) -> Result<Option<Duration>, ParseErro
     let Some(value) = flags.string(name) else {
         return Ok(None);
     };
-    let invalid = |reason: &str| {
+    let invalid = |reason: &'static str| {
         ParseError::new(
             ErrorKind::InvalidDuration {
                 flag: name.to_string(),
                 value: value.text.clone(),
-                reason: reason.to_string(),
+                reason,
             },
             value.span,
         )

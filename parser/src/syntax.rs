@@ -6,6 +6,9 @@
 //! instruction ([`Arguments`]). `lower.rs` turns these nodes into the typed AST; `compat.rs` dumps
 //! them in BuildKit's test format.
 
+// Matches on `Arguments` pick the forms they handle; `Arguments` is private to the parser.
+#![allow(clippy::wildcard_enum_match_arm)]
+
 use std::ops::Range;
 
 use crate::ast::{Directive, Directives, Heredoc, Position, Span};
@@ -151,9 +154,6 @@ const HEREDOC_INSTRUCTIONS: [&str; 3] = ["run", "copy", "add"];
 pub(crate) struct Parsed<'s> {
     pub logical: Logical<'s>,
     pub node: Node,
-    /// 0-based physical lines of the instruction, heredoc bodies included.
-    pub first_line: usize,
-    pub last_line: usize,
     pub comments: Vec<String>,
     pub empty_continuation_lines: Vec<usize>,
 }
@@ -175,8 +175,8 @@ pub(crate) fn scan<'s>(
         }
         let trimmed = raw.trim_start();
         let first_column = raw.len() - trimmed.len();
-        if trimmed.starts_with('#') {
-            let comment = trimmed[1..].trim();
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            let comment = comment.trim();
             if comment.is_empty() {
                 comments.clear();
             } else {
@@ -192,7 +192,6 @@ pub(crate) fn scan<'s>(
             index += 1;
             continue;
         }
-        let first_line = index;
         let mut logical = Logical {
             text: String::new(),
             segments: Vec::new(),
@@ -218,13 +217,11 @@ pub(crate) fn scan<'s>(
         }
         let end = logical.text.trim_end().len();
         let mut node = node_from_line(&logical, 0..end, directives.escape)?;
-        let mut last_line = index - 1;
-        if let Some(markers) = heredoc_markers(&logical, &node, directives.escape)? {
+        if let Some(markers) = heredoc_markers(&logical, &node, directives.escape) {
             let mut heredocs = Vec::with_capacity(markers.len());
-            for (marker, expand) in markers {
-                let (heredoc, next) = read_heredoc(source, index, marker, expand)?;
+            for (marker, expand, at) in markers {
+                let (heredoc, next) = read_heredoc(source, index, marker, expand, at)?;
                 heredocs.push(heredoc);
-                last_line = next - 1;
                 index = next;
             }
             attach_heredocs(&mut node, heredocs);
@@ -232,8 +229,6 @@ pub(crate) fn scan<'s>(
         parsed.push(Parsed {
             logical,
             node,
-            first_line,
-            last_line,
             comments: std::mem::take(&mut comments),
             empty_continuation_lines,
         });
@@ -501,7 +496,7 @@ fn heredoc_markers(
     logical: &Logical<'_>,
     node: &Node,
     escape: char,
-) -> Result<Option<Vec<(grammar::HeredocMarker, bool)>>, ParseError> {
+) -> Option<Vec<(grammar::HeredocMarker, bool, Span)>> {
     let target = match &node.arguments {
         Arguments::Onbuild(inner) => inner,
         _ => node,
@@ -510,7 +505,7 @@ fn heredoc_markers(
         || matches!(target.arguments, Arguments::Json(_))
         || !logical.text.contains("<<")
     {
-        return Ok(None);
+        return None;
     }
     let mut markers = Vec::new();
     for (word, range) in grammar::split_words(&logical.text, escape) {
@@ -519,17 +514,15 @@ fn heredoc_markers(
         };
         let name = unquote(&marker.name, escape);
         if name.is_empty() {
-            return Err(
-                ParseError::new(ErrorKind::HeredocName, logical.span(range)).with_hint(
-                    "name the end line, as in `RUN <<EOF`, and end the body with a line `EOF`",
-                ),
-            );
+            // A bare `<<` is the shell's shift operator (`$((1 << 2))`), not a heredoc. BuildKit
+            // fails on it ("internal lexing of heredoc produced inconsistent results").
+            continue;
         }
         let expand = name == marker.name;
         marker.name = name;
-        markers.push((marker, expand));
+        markers.push((marker, expand, logical.span(range)));
     }
-    Ok((!markers.is_empty()).then_some(markers))
+    (!markers.is_empty()).then_some(markers)
 }
 
 /// Removes quotes and escape characters from a heredoc delimiter.
@@ -556,6 +549,7 @@ fn read_heredoc(
     start: usize,
     marker: grammar::HeredocMarker,
     expand: bool,
+    at: Span,
 ) -> Result<(Heredoc, usize), ParseError> {
     let mut content = String::new();
     let mut index = start;
@@ -582,15 +576,14 @@ fn read_heredoc(
         content.push('\n');
         index += 1;
     }
-    let last = source.lines.len().saturating_sub(1);
-    Err(ParseError::new(
-        ErrorKind::UnterminatedHeredoc(marker.name.clone()),
-        source.lines_span(start.min(last), last),
+    Err(
+        ParseError::new(ErrorKind::UnterminatedHeredoc(marker.name.clone()), at).with_hint(
+            format!(
+                "end the heredoc with a line that holds only {}",
+                marker.name
+            ),
+        ),
     )
-    .with_hint(format!(
-        "end the heredoc with a line that holds only {}",
-        marker.name
-    )))
 }
 
 fn attach_heredocs(node: &mut Node, heredocs: Vec<Heredoc>) {

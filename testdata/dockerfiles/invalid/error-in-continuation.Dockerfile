@@ -1,0 +1,6 @@
+FROM busybox
+RUN echo a && \
+    echo b
+COPY \
+   --chmod \
+   a b

@@ -1,0 +1,2 @@
+FROM busybox
+COPY --user=me foo /tmp/

@@ -1,0 +1,5 @@
+# unknown=value
+# escape=`
+FROM busybox
+RUN echo one \
+  two
