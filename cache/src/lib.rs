@@ -1,4 +1,10 @@
 //! The content-addressed image store under `--root`: blobs, layer snapshots and the metadata
 //! database, the OCI/Docker image model, and layer tar creation and application.
 //!
-//! Runs no processes and parses no Dockerfiles. Empty until the image-store issue.
+//! Runs no processes and parses no Dockerfiles. The on-disk layout is documented in [`layout`].
+
+pub mod blob;
+pub mod digest;
+pub mod image;
+pub mod layout;
+pub mod store;

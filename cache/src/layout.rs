@@ -1,0 +1,89 @@
+//! The on-disk layout of a kiln store, in one place.
+//!
+//! ```text
+//! ROOT/
+//!   store-version            "1": the layout version below; a newer one is refused
+//!   metadata.db              SQLite (WAL mode): images, tags, snapshots, GC references
+//!   blobs/sha256/<hex>       content by digest: layers, configs, manifests (immutable)
+//!   snapshots/<chain-hex>/   one unpacked layer each, keyed by chain ID; `fs/` is the tree used
+//!                            as an overlayfs lowerdir, `complete` is written last
+//!   containers/<id>/         per-container upper/work dirs, logs, state (runtime issue)
+//!   volumes/<name>/          named volumes (runtime issue)
+//!   tmp/                     temporary files, on the same file system so renames are atomic
+//! ```
+//!
+//! Content is written before the metadata that points at it: a blob is complete once renamed
+//! into `blobs/`, a snapshot once `complete` exists, and only then does a database transaction
+//! reference it. A crash leaves, at worst, unreferenced content that garbage collection removes.
+
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+/// The layout version this build of kiln reads and writes.
+pub const STORE_VERSION: u32 = 1;
+
+/// Paths inside a store root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn version_file(&self) -> PathBuf {
+        self.root.join("store-version")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.root.join("metadata.db")
+    }
+
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    pub fn blob(&self, digest: &Digest) -> PathBuf {
+        self.blobs().join(digest.hex())
+    }
+
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// The directory of the snapshot with this chain ID.
+    pub fn snapshot(&self, chain_id: &Digest) -> PathBuf {
+        self.snapshots().join(chain_id.hex())
+    }
+
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Every directory the store needs.
+    pub fn directories(&self) -> [PathBuf; 6] {
+        [
+            self.blobs(),
+            self.snapshots(),
+            self.containers(),
+            self.volumes(),
+            self.tmp(),
+            self.root.clone(),
+        ]
+    }
+}
