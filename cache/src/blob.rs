@@ -84,19 +84,11 @@ impl Blobs {
         mut reader: impl Read,
         expected: Option<(Digest, Option<u64>)>,
     ) -> Result<Stored, BlobError> {
+        let mut writer = self.writer()?;
         let tmp_dir = self.layout.tmp();
-        let temp = tempfile::Builder::new()
-            .prefix("blob-")
-            .tempfile_in(&tmp_dir)
-            .map_err(io_at(&tmp_dir))?;
-        let mut writer = DigestWriter::new(io::BufWriter::with_capacity(1 << 20, temp));
         io::copy(&mut reader, &mut writer).map_err(io_at(&tmp_dir))?;
-        let (digest, size, buffered) = writer.finish();
-        let temp = buffered.into_inner().map_err(|error| BlobError::Io {
-            path: tmp_dir.clone(),
-            source: error.into_error(),
-        })?;
         if let Some((expected, expected_size)) = expected {
+            let (digest, size) = writer.inner.current();
             if digest != expected {
                 return Err(BlobError::Mismatch {
                     expected,
@@ -113,17 +105,21 @@ impl Blobs {
                 });
             }
         }
-        let path = self.layout.blob(&digest);
-        if path.exists() {
-            return Ok(Stored { digest, size });
-        }
-        temp.as_file().sync_all().map_err(io_at(temp.path()))?;
-        temp.persist(&path).map_err(|error| BlobError::Io {
-            path: path.clone(),
-            source: error.error,
-        })?;
-        sync_directory(&self.layout.blobs())?;
-        Ok(Stored { digest, size })
+        writer.commit()
+    }
+
+    /// A writer for a new blob whose digest is known only at the end (e.g. a layer being
+    /// compressed). Nothing is visible in the store until [`BlobWriter::commit`].
+    pub fn writer(&self) -> Result<BlobWriter, BlobError> {
+        let tmp_dir = self.layout.tmp();
+        let temp = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&tmp_dir)
+            .map_err(io_at(&tmp_dir))?;
+        Ok(BlobWriter {
+            blobs: self.clone(),
+            inner: DigestWriter::new(io::BufWriter::with_capacity(1 << 20, temp)),
+        })
     }
 
     /// Whether the blob is present (not whether it is intact: see [`Blobs::verify`]).
@@ -200,11 +196,11 @@ impl Blobs {
         let mut digests = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
             let entry = entry.map_err(io_at(&dir))?;
-            if let Some(name) = entry.file_name().to_str() {
-                if let Ok(digest) = format!("sha256:{name}").parse::<Digest>() {
-                    digests.push(digest);
-                }
-            }
+            let digest = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| format!("sha256:{name}").parse::<Digest>().ok());
+            digests.extend(digest);
         }
         digests.sort();
         Ok(digests)
@@ -218,6 +214,45 @@ impl Blobs {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(error) => Err(io_at(&path)(error)),
         }
+    }
+}
+
+/// A blob being written: see [`Blobs::writer`].
+#[derive(Debug)]
+pub struct BlobWriter {
+    blobs: Blobs,
+    inner: DigestWriter<io::BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl BlobWriter {
+    /// Makes the blob visible under its digest (fsync, rename). Idempotent like [`Blobs::put`].
+    pub fn commit(self) -> Result<Stored, BlobError> {
+        let tmp_dir = self.blobs.layout.tmp();
+        let (digest, size, buffered) = self.inner.finish();
+        let temp = buffered.into_inner().map_err(|error| BlobError::Io {
+            path: tmp_dir.clone(),
+            source: error.into_error(),
+        })?;
+        let path = self.blobs.layout.blob(&digest);
+        if !path.exists() {
+            temp.as_file().sync_all().map_err(io_at(temp.path()))?;
+            temp.persist(&path).map_err(|error| BlobError::Io {
+                path: path.clone(),
+                source: error.error,
+            })?;
+            sync_directory(&self.blobs.layout.blobs())?;
+        }
+        Ok(Stored { digest, size })
+    }
+}
+
+impl io::Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

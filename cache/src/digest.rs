@@ -108,6 +108,11 @@ impl<W: Write> DigestWriter<W> {
         }
     }
 
+    /// The digest and size of what was written so far.
+    pub fn current(&self) -> (Digest, u64) {
+        (Digest(self.hasher.clone().finalize().into()), self.size)
+    }
+
     /// The digest and size of what was written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
         (Digest(self.hasher.finalize().into()), self.size, self.inner)

@@ -7,4 +7,5 @@ pub mod blob;
 pub mod digest;
 pub mod image;
 pub mod layout;
+pub mod reference;
 pub mod store;

@@ -97,8 +97,9 @@ pub struct Statement {
     /// Every `--flag[=value]` as written, in order (quotes removed, as BuildKit does). The typed
     /// instruction carries the validated values.
     pub flags: Vec<Flag>,
-    /// The comment lines directly above the instruction, without `#` and trimmed (BuildKit's
-    /// `PrevComment`, used by the InvalidDefinitionDescription rule).
+    /// The comment lines above the instruction since the previous instruction, without `#` and
+    /// trimmed (BuildKit's `PrevComment`, used by the InvalidDefinitionDescription rule). As in
+    /// BuildKit, blank lines do not reset them; an empty `#` line does.
     pub comments: Vec<String>,
     /// Lines that were empty inside this instruction's line continuations (deprecated syntax).
     pub empty_continuation_lines: Vec<usize>,

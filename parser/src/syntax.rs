@@ -187,8 +187,8 @@ pub(crate) fn scan<'s>(
         }
         let (first, mut continues) = trim_continuation(trimmed, directives.escape);
         if !continues && first.is_empty() {
-            // A blank line ends any description comment above it.
-            comments.clear();
+            // A blank line does not end the comments above an instruction: only an empty `#`
+            // line does (BuildKit's parser; its lint conformance cases depend on it).
             index += 1;
             continue;
         }

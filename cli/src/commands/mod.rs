@@ -1,0 +1,31 @@
+//! One module per command: parse arguments, call one library entry point, render.
+
+pub mod check;
+pub mod debug;
+
+use std::io::Read as _;
+use std::path::Path;
+
+/// Reads a Dockerfile from a path, or from stdin for `-`. Returns the name to show in diagnostics
+/// and the text.
+pub fn read_dockerfile(path: &Path) -> Result<(String, String), String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|error| format!("reading the Dockerfile from stdin: {error}"))?;
+        return Ok(("-".to_string(), text));
+    }
+    let bytes = std::fs::read(path).map_err(|error| format!("reading {}: {error}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    Ok((path.display().to_string(), text))
+}
+
+/// Splits a `NAME=VALUE` command-line argument; a bare `NAME` takes its value from the
+/// environment, as `docker build --build-arg NAME` does (None when it is unset there too).
+pub fn name_value(argument: &str) -> Option<(String, String)> {
+    match argument.split_once('=') {
+        Some((name, value)) => Some((name.to_string(), value.to_string())),
+        None => std::env::var(argument).ok().map(|value| (argument.to_string(), value)),
+    }
+}

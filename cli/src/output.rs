@@ -1,0 +1,32 @@
+//! All terminal output of kiln goes through here.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write as _;
+
+use crate::Exit;
+
+/// Writes command output to stdout. A closed pipe (`kiln ... | head`) is not an error.
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Writes a diagnostic or message to stderr.
+pub fn err(text: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(text.as_bytes());
+    let _ = stderr.flush();
+}
+
+/// Reports a kiln error (`kiln: message`) and returns the exit for it.
+pub fn error(message: impl std::fmt::Display) -> Exit {
+    err(&format!("kiln: {message}\n"));
+    Exit::Error
+}
+
+/// Prints clap's help, version or usage error. Usage errors exit 125, as Docker's do.
+pub fn usage_error(error: &clap::Error) -> Exit {
+    let _ = error.print();
+    if error.use_stderr() { Exit::Error } else { Exit::Success }
+}
