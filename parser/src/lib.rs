@@ -94,7 +94,9 @@ fn check_structure(text: &str, statements: &[Statement]) -> Result<(), ParseErro
             ErrorKind::MissingFrom(first.keyword.text.to_ascii_uppercase()),
             first.keyword.span,
         )
-        .with_hint("a Dockerfile starts with FROM (only ARG and parser directives may come before it)"));
+        .with_hint(
+            "a Dockerfile starts with FROM (only ARG and parser directives may come before it)",
+        ));
     }
     Ok(())
 }

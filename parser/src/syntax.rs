@@ -19,7 +19,13 @@ use crate::grammar::{self, JsonArray, RawFlag};
 #[derive(Debug)]
 pub(crate) struct Source<'a> {
     lines: Vec<&'a str>,
+    /// For each line that is not ASCII: (byte offset, characters before it) every
+    /// [`CHECKPOINT`] bytes, so that a column costs O(log n + CHECKPOINT), not O(line length).
+    checkpoints: Vec<Option<Vec<(usize, usize)>>>,
 }
+
+/// Bytes between two column checkpoints of a non-ASCII line.
+const CHECKPOINT: usize = 256;
 
 impl<'a> Source<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
@@ -28,16 +34,31 @@ impl<'a> Source<'a> {
         if text.ends_with('\n') {
             lines.pop();
         }
-        Self { lines }
+        let checkpoints = lines
+            .iter()
+            .map(|line| (!line.is_ascii()).then(|| checkpoints(line)))
+            .collect();
+        Self { lines, checkpoints }
     }
 
     /// The position of byte `column` (0-based) of line `index` (0-based).
     fn position(&self, index: usize, column: usize) -> Position {
         let line = self.lines.get(index).copied().unwrap_or("");
         let column = column.min(line.len());
-        let chars = line
-            .get(..column)
-            .map_or(column, |prefix| prefix.chars().count());
+        let chars = match self.checkpoints.get(index).and_then(Option::as_ref) {
+            // ASCII: a byte is a character.
+            None => column,
+            Some(checkpoints) => {
+                let at = checkpoints
+                    .partition_point(|&(offset, _)| offset <= column)
+                    .saturating_sub(1);
+                let (offset, before) = checkpoints.get(at).copied().unwrap_or((0, 0));
+                before
+                    + line
+                        .get(offset..column)
+                        .map_or(column - offset, |piece| piece.chars().count())
+            }
+        };
         Position {
             line: index + 1,
             column: chars + 1,
@@ -52,6 +73,19 @@ impl<'a> Source<'a> {
             end: self.position(last, width),
         }
     }
+}
+
+/// (byte offset, characters before it) at character boundaries about every [`CHECKPOINT`] bytes.
+fn checkpoints(line: &str) -> Vec<(usize, usize)> {
+    let mut checkpoints = vec![(0, 0)];
+    let mut next = CHECKPOINT;
+    for (count, (offset, _)) in line.char_indices().enumerate() {
+        if offset >= next {
+            checkpoints.push((offset, count));
+            next = offset + CHECKPOINT;
+        }
+    }
+    checkpoints
 }
 
 /// BuildKit's trimNewline: drops trailing `\r` and `\n`.
@@ -215,8 +249,10 @@ pub(crate) fn scan<'s>(
             continues = more;
             logical.push(piece, this, 0);
         }
+        // BuildKit's splitCommand trims the joined line (it may start on a continuation line).
         let end = logical.text.trim_end().len();
-        let mut node = node_from_line(&logical, 0..end, directives.escape)?;
+        let start = logical.text.len() - logical.text.trim_start().len();
+        let mut node = node_from_line(&logical, start.min(end)..end, directives.escape)?;
         if let Some(markers) = heredoc_markers(&logical, &node, directives.escape) {
             let mut heredocs = Vec::with_capacity(markers.len());
             for (marker, expand, at) in markers {

@@ -1,0 +1,3 @@
+FROM busybox
+LABEL é=1 ü=2 \
+  x="ä b" ñ

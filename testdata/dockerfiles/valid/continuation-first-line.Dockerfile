@@ -1,0 +1,3 @@
+FROM busybox
+\
+   RUN echo started on a continuation line
