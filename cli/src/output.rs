@@ -28,5 +28,9 @@ pub fn error(message: impl std::fmt::Display) -> Exit {
 /// Prints clap's help, version or usage error. Usage errors exit 125, as Docker's do.
 pub fn usage_error(error: &clap::Error) -> Exit {
     let _ = error.print();
-    if error.use_stderr() { Exit::Error } else { Exit::Success }
+    if error.use_stderr() {
+        Exit::Error
+    } else {
+        Exit::Success
+    }
 }

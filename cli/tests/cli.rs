@@ -42,8 +42,12 @@ fn check_prints_warnings_as_file_line_rule_message() {
         .stdout(predicate::str::contains(
             "Dockerfile:1: StageNameCasing: Stage name 'Build' should be lowercase",
         ))
-        .stdout(predicate::str::contains("Dockerfile:2: MaintainerDeprecated:"))
-        .stdout(predicate::str::contains("Dockerfile:3: JSONArgsRecommended:"));
+        .stdout(predicate::str::contains(
+            "Dockerfile:2: MaintainerDeprecated:",
+        ))
+        .stdout(predicate::str::contains(
+            "Dockerfile:3: JSONArgsRecommended:",
+        ));
 }
 
 #[test]
@@ -86,7 +90,9 @@ fn check_renders_parse_errors_with_the_line_and_a_caret() {
         .arg(dir.path())
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("Dockerfile:2:1: unknown instruction: RUNN"))
+        .stderr(predicate::str::contains(
+            "Dockerfile:2:1: unknown instruction: RUNN",
+        ))
         .stderr(predicate::str::contains("2 | RUNN echo hi\n  | ^^^^\n"))
         .stderr(predicate::str::contains("hint: did you mean RUN?"));
 }
@@ -98,7 +104,9 @@ fn check_reads_the_dockerfile_from_stdin() {
         .write_stdin("FROM busybox\nCOPY app.py\n")
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("-:2:6: COPY requires at least 2 arguments"));
+        .stderr(predicate::str::contains(
+            "-:2:6: COPY requires at least 2 arguments",
+        ));
 }
 
 #[test]
@@ -117,7 +125,9 @@ fn bad_flags_exit_125() {
 
 #[test]
 fn debug_parse_json_lists_instructions_with_lines_flags_arguments_and_heredocs() {
-    let dir = context("FROM busybox\nCOPY --from=build --chmod=755 a b /dst/\nRUN <<EOF\necho hi\nEOF\nONBUILD RUN make\n");
+    let dir = context(
+        "FROM busybox\nCOPY --from=build --chmod=755 a b /dst/\nRUN <<EOF\necho hi\nEOF\nONBUILD RUN make\n",
+    );
     let output = kiln()
         .args(["debug", "parse", "--json"])
         .arg(dir.path().join("Dockerfile"))
@@ -130,10 +140,16 @@ fn debug_parse_json_lists_instructions_with_lines_flags_arguments_and_heredocs()
     let copy = &instructions[1];
     assert_eq!(copy["name"], "copy");
     assert_eq!(copy["start_line"], 2);
-    assert_eq!(copy["flags"], serde_json::json!(["--from=build", "--chmod=755"]));
+    assert_eq!(
+        copy["flags"],
+        serde_json::json!(["--from=build", "--chmod=755"])
+    );
     assert_eq!(copy["arguments"], serde_json::json!(["a", "b", "/dst/"]));
     let run = &instructions[2];
-    assert_eq!((run["start_line"].as_u64(), run["end_line"].as_u64()), (Some(3), Some(5)));
+    assert_eq!(
+        (run["start_line"].as_u64(), run["end_line"].as_u64()),
+        (Some(3), Some(5))
+    );
     assert_eq!(run["heredocs"][0]["content"], "echo hi\n");
     assert_eq!(instructions[3]["trigger"]["name"], "run");
 }
@@ -153,13 +169,22 @@ fn debug_parse_prints_text_and_fails_on_errors() {
         .arg(bad.path().join("Dockerfile"))
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("2:9: FROM isn't allowed as an ONBUILD trigger"));
+        .stderr(predicate::str::contains(
+            "2:9: FROM isn't allowed as an ONBUILD trigger",
+        ));
 }
 
 #[test]
 fn debug_expand_expands_a_word() {
     kiln()
-        .args(["debug", "expand", "--env", "NAME=kiln", "--", "hello ${NAME:-world} ${UNSET:-x}"])
+        .args([
+            "debug",
+            "expand",
+            "--env",
+            "NAME=kiln",
+            "--",
+            "hello ${NAME:-world} ${UNSET:-x}",
+        ])
         .assert()
         .success()
         .stdout("hello kiln x\n");
@@ -168,7 +193,15 @@ fn debug_expand_expands_a_word() {
 #[test]
 fn debug_expand_splits_words() {
     kiln()
-        .args(["debug", "expand", "--words", "--env", "V=a b", "--", "x${V} \"${V}\""])
+        .args([
+            "debug",
+            "expand",
+            "--words",
+            "--env",
+            "V=a b",
+            "--",
+            "x${V} \"${V}\"",
+        ])
         .assert()
         .success()
         .stdout("xa\nb\na b\n");
@@ -177,7 +210,9 @@ fn debug_expand_splits_words() {
 #[test]
 fn debug_expand_uses_the_escape_character() {
     kiln()
-        .args(["debug", "expand", "--escape", "`", "--env", "A=1", "--", "`$A \\$A"])
+        .args([
+            "debug", "expand", "--escape", "`", "--env", "A=1", "--", "`$A \\$A",
+        ])
         .assert()
         .success()
         .stdout("$A \\1\n");

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use kiln_parser::lint::{self, CheckConfig, LintOptions};
 
-use crate::output;
 use crate::Exit;
+use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,15 +26,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Exit {
-    let path = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
     let (name, text) = match super::read_dockerfile(&path) {
         Ok(read) => read,
         Err(message) => return output::error(message),
     };
     // As `docker build --check`: lint what parses, then report the parse error, if any.
     let partial = kiln_parser::parse_partial(&text);
-    let build_args: BTreeMap<String, String> =
-        args.build_args.iter().filter_map(|arg| super::name_value(arg)).collect();
+    let build_args: BTreeMap<String, String> = args
+        .build_args
+        .iter()
+        .filter_map(|arg| super::name_value(arg))
+        .collect();
     let config = match args.check.as_deref().map(CheckConfig::parse).transpose() {
         Ok(config) => config.unwrap_or_default(),
         Err(error) => return output::error(format!("invalid --check settings: {error}")),
@@ -42,14 +48,20 @@ pub fn run(args: Args) -> Exit {
     let options = LintOptions { config, build_args };
     let effective = lint::check_config(&partial.dockerfile, &options);
     let (warnings, as_errors) = match effective.and_then(|config| {
-        lint::lint(&partial.dockerfile, &options).map(|warnings| (warnings, config.warnings_are_errors()))
+        lint::lint(&partial.dockerfile, &options)
+            .map(|warnings| (warnings, config.warnings_are_errors()))
     }) {
         Ok(result) => result,
         Err(error) => return output::error(format!("{name}: {error}")),
     };
     let mut report = String::new();
     for warning in &warnings {
-        report.push_str(&format!("{name}:{}: {}: {}\n", warning.line(), warning.rule, warning.message));
+        report.push_str(&format!(
+            "{name}:{}: {}: {}\n",
+            warning.line(),
+            warning.rule,
+            warning.message
+        ));
     }
     output::out(&report);
     if let Some(error) = partial.error {
@@ -62,7 +74,9 @@ pub fn run(args: Args) -> Exit {
             Exit::Success
         }
         (count, true) => {
-            output::err(&format!("kiln: {count} lint violation(s), and the check settings make them errors (error=true)\n"));
+            output::err(&format!(
+                "kiln: {count} lint violation(s), and the check settings make them errors (error=true)\n"
+            ));
             Exit::Failure
         }
         (count, false) => {

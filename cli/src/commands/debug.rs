@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use kiln_parser::expand::Lexer;
 
-use crate::output;
 use crate::Exit;
+use crate::output;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -44,7 +44,9 @@ fn escape_char(value: &str) -> Result<char, String> {
     match value {
         "\\" => Ok('\\'),
         "`" => Ok('`'),
-        _ => Err(format!("the escape character must be ` or \\, not {value:?}")),
+        _ => Err(format!(
+            "the escape character must be ` or \\, not {value:?}"
+        )),
     }
 }
 
@@ -63,7 +65,10 @@ fn parse(args: ParseArgs) -> Exit {
     match kiln_parser::parse(&text) {
         Ok(dockerfile) if args.json => {
             let json = kiln_parser::dump::to_json(&dockerfile);
-            output::out(&format!("{}\n", serde_json::to_string_pretty(&json).unwrap_or_default()));
+            output::out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            ));
             Exit::Success
         }
         Ok(dockerfile) => {
@@ -89,9 +94,13 @@ fn expand(args: ExpandArgs) -> Exit {
         .collect();
     let lexer = Lexer::new(args.escape);
     let result = if args.words {
-        lexer.expand_words(&args.word, &env).map(|expansion| expansion.words)
+        lexer
+            .expand_words(&args.word, &env)
+            .map(|expansion| expansion.words)
     } else {
-        lexer.expand_word(&args.word, &env).map(|expansion| vec![expansion.value])
+        lexer
+            .expand_word(&args.word, &env)
+            .map(|expansion| vec![expansion.value])
     };
     match result {
         Ok(words) => {
@@ -104,7 +113,10 @@ fn expand(args: ExpandArgs) -> Exit {
             Exit::Success
         }
         Err(error) => {
-            let column = args.word.get(..error.offset()).map_or(0, |prefix| prefix.chars().count());
+            let column = args
+                .word
+                .get(..error.offset())
+                .map_or(0, |prefix| prefix.chars().count());
             output::err(&format!(
                 "kiln: failed to process {:?}: {error}\n  {}\n  {}^\n",
                 args.word,

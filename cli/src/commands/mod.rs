@@ -16,8 +16,10 @@ pub fn read_dockerfile(path: &Path) -> Result<(String, String), String> {
             .map_err(|error| format!("reading the Dockerfile from stdin: {error}"))?;
         return Ok(("-".to_string(), text));
     }
-    let bytes = std::fs::read(path).map_err(|error| format!("reading {}: {error}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|error| format!("reading {}: {error}", path.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     Ok((path.display().to_string(), text))
 }
 
@@ -26,6 +28,8 @@ pub fn read_dockerfile(path: &Path) -> Result<(String, String), String> {
 pub fn name_value(argument: &str) -> Option<(String, String)> {
     match argument.split_once('=') {
         Some((name, value)) => Some((name.to_string(), value.to_string())),
-        None => std::env::var(argument).ok().map(|value| (argument.to_string(), value)),
+        None => std::env::var(argument)
+            .ok()
+            .map(|value| (argument.to_string(), value)),
     }
 }
