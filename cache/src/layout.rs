@@ -23,6 +23,23 @@ use crate::digest::Digest;
 /// The layout version this build of kiln reads and writes.
 pub const STORE_VERSION: u32 = 1;
 
+/// The store root when `--root` is not given: `$KILN_ROOT`, else `/var/lib/kiln` for root, else
+/// `$XDG_DATA_HOME/kiln` (`~/.local/share/kiln`).
+pub fn default_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("KILN_ROOT").filter(|root| !root.is_empty()) {
+        return PathBuf::from(root);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|data| !data.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("kiln")
+}
+
 /// Paths inside a store root.
 #[derive(Debug, Clone)]
 pub struct Layout {

@@ -6,6 +6,8 @@
 pub mod blob;
 pub mod digest;
 pub mod image;
+pub mod import;
+pub mod layer;
 pub mod layout;
 pub mod reference;
 pub mod store;

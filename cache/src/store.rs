@@ -35,6 +35,12 @@ pub enum StoreError {
     Digest(#[from] DigestError),
     #[error("no such image: {0}")]
     NoSuchImage(String),
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
+    #[error(
+        "conflict: unable to delete {image} (must be forced) - image is referenced in multiple repositories"
+    )]
+    MultipleRepositories { image: String },
     #[error("{reference} is ambiguous: it matches {count} images")]
     Ambiguous { reference: String, count: usize },
     #[error("image {image} references snapshot {chain_id}, which is not in the store")]
@@ -547,6 +553,116 @@ impl Store {
             removed.map_err(io_at(&path))?;
         }
         Ok(freed)
+    }
+}
+
+/// What removing an image did, in Docker's words (`Untagged: busybox:latest`,
+/// `Deleted: sha256:...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// A reference (familiar form) was removed.
+    Untagged(String),
+    /// The image itself was removed.
+    Deleted(Digest),
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Removal::Untagged(reference) => write!(f, "Untagged: {reference}"),
+            Removal::Deleted(id) => write!(f, "Deleted: {id}"),
+        }
+    }
+}
+
+fn familiar(reference: &str) -> String {
+    crate::reference::Reference::parse(reference)
+        .map_or_else(|_| reference.to_string(), |parsed| parsed.familiar())
+}
+
+impl Store {
+    /// The image a user means by `name`, as Docker resolves it: a reference (`busybox`,
+    /// `busybox:1.36`, `host:5000/app@sha256:...`, the tag defaulting to `latest`), else a full
+    /// image ID or an ID prefix.
+    pub fn resolve(&self, name: &str) -> Result<Digest, StoreError> {
+        if let Ok(reference) = crate::reference::Reference::parse(name)
+            && let Some(id) = self.lookup_reference(&reference.with_default_tag().to_string())?
+        {
+            return Ok(id);
+        }
+        if crate::reference::is_image_id_prefix(name)
+            && let Some(id) = self.lookup_id(name)?
+        {
+            return Ok(id);
+        }
+        Err(StoreError::NoSuchImage(name.to_string()))
+    }
+
+    /// Removes images as `docker rmi` does. A `name:tag` that is one of several references of
+    /// its image only untags; the last reference, or an image ID, deletes the image. An ID whose
+    /// image is referenced from several repositories needs `force`. Content is freed by
+    /// [`Store::collect_garbage`].
+    pub fn remove(&self, name: &str, force: bool) -> Result<Vec<Removal>, StoreError> {
+        let mut removals = Vec::new();
+        let by_reference = crate::reference::Reference::parse(name)
+            .ok()
+            .map(|reference| reference.with_default_tag().to_string())
+            .filter(|reference| matches!(self.lookup_reference(reference), Ok(Some(_))));
+        let id = self.resolve(name)?;
+        if let Some(reference) = by_reference {
+            // `rmi name:tag`: untag; delete the image when nothing else refers to it.
+            self.db
+                .execute("DELETE FROM tags WHERE reference = ?1", [&reference])?;
+            self.db.execute(
+                "DELETE FROM repo_digests WHERE reference = ?1",
+                [&reference],
+            )?;
+            removals.push(Removal::Untagged(familiar(&reference)));
+            let remaining = self.image(&id)?;
+            if remaining.tags.is_empty() {
+                for digest in &remaining.digests {
+                    removals.push(Removal::Untagged(familiar(digest)));
+                }
+                self.remove_image(&id)?;
+                removals.push(Removal::Deleted(id));
+            }
+            return Ok(removals);
+        }
+        // `rmi ID`: every reference goes, then the image.
+        let image = self.image(&id)?;
+        let repositories: std::collections::BTreeSet<&str> = image
+            .tags
+            .iter()
+            .map(|tag| {
+                tag.rsplit_once(':')
+                    .map_or(tag.as_str(), |(repository, _)| repository)
+            })
+            .collect();
+        if repositories.len() > 1 && !force {
+            return Err(StoreError::MultipleRepositories { image: id.short() });
+        }
+        for reference in image.tags.iter().chain(&image.digests) {
+            removals.push(Removal::Untagged(familiar(reference)));
+        }
+        self.remove_image(&id)?;
+        removals.push(Removal::Deleted(id));
+        Ok(removals)
+    }
+
+    /// Removes images without tags (`dangling`), or every image with `all` (no container can use
+    /// one yet). Returns the removals; the caller collects garbage.
+    pub fn prune_images(&self, all: bool) -> Result<Vec<Removal>, StoreError> {
+        let mut removals = Vec::new();
+        for image in self.images()? {
+            if all || (image.tags.is_empty() && image.digests.is_empty()) {
+                for reference in image.tags.iter().chain(&image.digests) {
+                    removals.push(Removal::Untagged(familiar(reference)));
+                }
+                self.remove_image(&image.id)?;
+                removals.push(Removal::Deleted(image.id));
+            }
+        }
+        Ok(removals)
     }
 }
 

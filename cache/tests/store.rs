@@ -262,3 +262,105 @@ fn killing_writers_at_any_point_leaves_a_consistent_store() {
         "some images were written before the kills"
     );
 }
+
+#[test]
+fn names_resolve_as_docker_resolves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let id = add_image(&mut store, "resolve");
+    store.tag("docker.io/library/busybox:latest", &id).unwrap();
+    store.tag("localhost:5000/team/app:1.0", &id).unwrap();
+    for name in [
+        "busybox",
+        "busybox:latest",
+        "docker.io/library/busybox",
+        "library/busybox:latest",
+        "localhost:5000/team/app:1.0",
+        &id.to_string(),
+        &id.short(),
+        &id.hex()[..5],
+    ] {
+        assert_eq!(store.resolve(name).unwrap(), id, "{name}");
+    }
+    assert!(matches!(
+        store.resolve("busybox:other"),
+        Err(StoreError::NoSuchImage(_))
+    ));
+    assert!(matches!(
+        store.resolve("localhost:5000/team/app"),
+        Err(StoreError::NoSuchImage(_))
+    ));
+}
+
+#[test]
+fn removing_one_of_several_tags_only_untags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let id = add_image(&mut store, "tags");
+    store.tag("docker.io/library/app:1", &id).unwrap();
+    store.tag("docker.io/library/app:2", &id).unwrap();
+    let removals: Vec<String> = store
+        .remove("app:1", false)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(removals, ["Untagged: app:1"]);
+    let removals: Vec<String> = store
+        .remove("app:2", false)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        removals,
+        ["Untagged: app:2".to_string(), format!("Deleted: {id}")]
+    );
+    assert!(store.images().unwrap().is_empty());
+}
+
+#[test]
+fn removing_by_id_an_image_in_several_repositories_needs_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let id = add_image(&mut store, "repos");
+    store.tag("docker.io/library/one:latest", &id).unwrap();
+    store.tag("docker.io/library/two:latest", &id).unwrap();
+    let error = store.remove(&id.short(), false).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+            id.short()
+        )
+    );
+    let removals: Vec<String> = store
+        .remove(&id.short(), true)
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        removals,
+        [
+            "Untagged: one:latest".to_string(),
+            "Untagged: two:latest".to_string(),
+            format!("Deleted: {id}")
+        ]
+    );
+}
+
+#[test]
+fn pruning_removes_dangling_images_or_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let tagged = add_image(&mut store, "tagged");
+    let dangling = add_image(&mut store, "dangling");
+    store
+        .tag("docker.io/library/tagged:latest", &tagged)
+        .unwrap();
+    let removed = store.prune_images(false).unwrap();
+    assert_eq!(removed, [kiln_cache::store::Removal::Deleted(dangling)]);
+    assert_eq!(store.prune_images(true).unwrap().len(), 2);
+    assert!(store.images().unwrap().is_empty());
+}

@@ -4,6 +4,7 @@
 //! exit codes. No build or runtime logic lives here.
 
 mod commands;
+mod human;
 mod output;
 
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ impl From<Exit> for ExitCode {
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, max_term_width = 100)]
 struct Cli {
+    #[command(flatten)]
+    global: commands::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +50,43 @@ enum Command {
     /// Look inside kiln: the parser's AST, word expansion
     #[command(subcommand)]
     Debug(commands::debug::Command),
+    /// List images
+    Images(commands::image::ImagesArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Create a tag TARGET that refers to SOURCE
+    Tag(commands::image::TagArgs),
+    /// Remove one or more images
+    Rmi(commands::image::RmiArgs),
+    /// Return low-level information on images
+    Inspect(commands::image::InspectArgs),
+    /// Show the history of an image
+    History(commands::image::HistoryArgs),
+    /// Import the contents of a tarball to create a file system image
+    Import(commands::image::ImportArgs),
+    /// Manage the store
+    #[command(subcommand)]
+    System(commands::system::Command),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// List images
+    #[command(alias = "list")]
+    Ls(commands::image::ImagesArgs),
+    /// Remove unused images
+    Prune(commands::image::PruneArgs),
+    /// Remove one or more images
+    Rm(commands::image::RmiArgs),
+    /// Create a tag TARGET that refers to SOURCE
+    Tag(commands::image::TagArgs),
+    /// Display detailed information on one or more images
+    Inspect(commands::image::InspectArgs),
+    /// Show the history of an image
+    History(commands::image::HistoryArgs),
+    /// Import the contents of a tarball to create a file system image
+    Import(commands::image::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,9 +94,30 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return output::usage_error(&error).into(),
     };
+    let global = &cli.global;
     let exit = match cli.command {
         Command::Check(args) => commands::check::run(args),
         Command::Debug(command) => commands::debug::run(command),
+        Command::Images(args) | Command::Image(ImageCommand::Ls(args)) => {
+            commands::image::images(global, args)
+        }
+        Command::Tag(args) | Command::Image(ImageCommand::Tag(args)) => {
+            commands::image::tag(global, args)
+        }
+        Command::Rmi(args) | Command::Image(ImageCommand::Rm(args)) => {
+            commands::image::rmi(global, args)
+        }
+        Command::Inspect(args) | Command::Image(ImageCommand::Inspect(args)) => {
+            commands::image::inspect(global, args)
+        }
+        Command::History(args) | Command::Image(ImageCommand::History(args)) => {
+            commands::image::history(global, args)
+        }
+        Command::Import(args) | Command::Image(ImageCommand::Import(args)) => {
+            commands::image::import(global, args)
+        }
+        Command::Image(ImageCommand::Prune(args)) => commands::image::prune(global, args),
+        Command::System(command) => commands::system::run(global, command),
     };
     exit.into()
 }

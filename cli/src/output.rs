@@ -25,6 +25,23 @@ pub fn error(message: impl std::fmt::Display) -> Exit {
     Exit::Error
 }
 
+/// Reports a kiln error with its causes (`kiln: a: b: c`) and returns the exit for it.
+pub fn error_of(error: &dyn std::error::Error) -> Exit {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    error_message(&text)
+}
+
+fn error_message(text: &str) -> Exit {
+    err(&format!("kiln: {text}\n"));
+    Exit::Error
+}
+
 /// Prints clap's help, version or usage error. Usage errors exit 125, as Docker's do.
 pub fn usage_error(error: &clap::Error) -> Exit {
     let _ = error.print();

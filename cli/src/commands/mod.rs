@@ -2,9 +2,39 @@
 
 pub mod check;
 pub mod debug;
+pub mod image;
+pub mod system;
 
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use kiln_cache::store::Store;
+
+use crate::{Exit, output};
+
+/// Options every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// The store directory [default: $KILN_ROOT, else /var/lib/kiln as root, else
+    /// $XDG_DATA_HOME/kiln]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+/// Opens the store the options name.
+pub fn open_store(global: &Global) -> Result<Store, Exit> {
+    let root = global
+        .root
+        .clone()
+        .unwrap_or_else(kiln_cache::layout::default_root);
+    Store::open(&root).map_err(|error| output::error_of(&error))
+}
+
+/// The familiar form of a stored full reference (`busybox:latest`).
+pub fn familiar(reference: &str) -> String {
+    kiln_cache::reference::Reference::parse(reference)
+        .map_or_else(|_| reference.to_string(), |parsed| parsed.familiar())
+}
 
 /// Reads a Dockerfile from a path, or from stdin for `-`. Returns the name to show in diagnostics
 /// and the text.
