@@ -68,6 +68,10 @@ enum Command {
     /// Manage the store
     #[command(subcommand)]
     System(commands::system::Command),
+    /// Show the kiln version information
+    Version(commands::version::Args),
+    /// Display system-wide information
+    Info(commands::version::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +122,8 @@ fn main() -> ExitCode {
         }
         Command::Image(ImageCommand::Prune(args)) => commands::image::prune(global, args),
         Command::System(command) => commands::system::run(global, command),
+        Command::Version(args) => commands::version::version(args),
+        Command::Info(args) => commands::version::info(global, args),
     };
     exit.into()
 }

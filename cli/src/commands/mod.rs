@@ -4,6 +4,7 @@ pub mod check;
 pub mod debug;
 pub mod image;
 pub mod system;
+pub mod version;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
