@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need. None yet for the parser; the store, runtime and registry
-# issues add busybox-static, docker-registry, skopeo and umoci here.
-packages=()
+# Debian packages the tests need: busybox-static (a base image for runtime tests, made locally),
+# skopeo and umoci (read kiln's archives and OCI layouts in interop tests); tar for fixtures.
+packages=(busybox-static skopeo umoci tar)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -4,6 +4,7 @@
 //! Runs no processes and parses no Dockerfiles. The on-disk layout is documented in [`layout`].
 
 pub mod blob;
+pub mod container;
 pub mod digest;
 pub mod image;
 pub mod import;

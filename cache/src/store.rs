@@ -41,6 +41,24 @@ pub enum StoreError {
         "conflict: unable to delete {image} (must be forced) - image is referenced in multiple repositories"
     )]
     MultipleRepositories { image: String },
+    #[error(
+        "conflict: unable to delete {image} (must be forced) - image is being used by container {container}"
+    )]
+    ImageInUse { image: String, container: String },
+    #[error("no such container: {0}")]
+    NoSuchContainer(String),
+    #[error(
+        "conflict: the container name \"/{name}\" is already in use by container \"{id}\"; remove (or rename) that container to be able to reuse that name"
+    )]
+    NameInUse { name: String, id: String },
+    #[error("invalid container name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
+    InvalidName(String),
+    #[error("container record {id} is unreadable")]
+    ContainerRecord {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{reference} is ambiguous: it matches {count} images")]
     Ambiguous { reference: String, count: usize },
     #[error("image {image} references snapshot {chain_id}, which is not in the store")]
@@ -133,6 +151,14 @@ CREATE TABLE IF NOT EXISTS repo_digests (
 );
 CREATE INDEX IF NOT EXISTS tags_by_image ON tags(image);
 CREATE INDEX IF NOT EXISTS layers_by_chain ON image_layers(chain_id);
+CREATE TABLE IF NOT EXISTS containers (
+    id      TEXT PRIMARY KEY,
+    name    TEXT NOT NULL UNIQUE,
+    image   TEXT NOT NULL REFERENCES images(id),
+    created TEXT NOT NULL,
+    config  TEXT NOT NULL,
+    state   TEXT NOT NULL
+);
 ";
 const SCHEMA_VERSION: i64 = 1;
 
@@ -141,7 +167,7 @@ const SCHEMA_VERSION: i64 = 1;
 pub struct Store {
     layout: Layout,
     blobs: Blobs,
-    db: Connection,
+    pub(crate) db: Connection,
 }
 
 impl Store {
@@ -609,6 +635,19 @@ impl Store {
             .map(|reference| reference.with_default_tag().to_string())
             .filter(|reference| matches!(self.lookup_reference(reference), Ok(Some(_))));
         let id = self.resolve(name)?;
+        // Docker refuses to remove an image a container uses; with force it only untags.
+        let users = self.containers_using(&id)?;
+        let image_now = self.image(&id)?;
+        let last_reference = by_reference.is_none() || image_now.tags.len() <= 1;
+        if let Some(container) = users.first()
+            && !force
+            && last_reference
+        {
+            return Err(StoreError::ImageInUse {
+                image: id.short(),
+                container: container[..12].to_string(),
+            });
+        }
         if let Some(reference) = by_reference {
             // `rmi name:tag`: untag; delete the image when nothing else refers to it.
             self.db
@@ -619,7 +658,7 @@ impl Store {
             )?;
             removals.push(Removal::Untagged(familiar(&reference)));
             let remaining = self.image(&id)?;
-            if remaining.tags.is_empty() {
+            if remaining.tags.is_empty() && users.is_empty() {
                 for digest in &remaining.digests {
                     removals.push(Removal::Untagged(familiar(digest)));
                 }
@@ -628,8 +667,8 @@ impl Store {
             }
             return Ok(removals);
         }
-        // `rmi ID`: every reference goes, then the image.
-        let image = self.image(&id)?;
+        // `rmi ID`: every reference goes, then the image (unless a container uses it).
+        let image = image_now;
         let repositories: std::collections::BTreeSet<&str> = image
             .tags
             .iter()
@@ -642,18 +681,26 @@ impl Store {
             return Err(StoreError::MultipleRepositories { image: id.short() });
         }
         for reference in image.tags.iter().chain(&image.digests) {
+            self.untag(reference)?;
+            self.db
+                .execute("DELETE FROM repo_digests WHERE reference = ?1", [reference])?;
             removals.push(Removal::Untagged(familiar(reference)));
         }
-        self.remove_image(&id)?;
-        removals.push(Removal::Deleted(id));
+        if users.is_empty() {
+            self.remove_image(&id)?;
+            removals.push(Removal::Deleted(id));
+        }
         Ok(removals)
     }
 
-    /// Removes images without tags (`dangling`), or every image with `all` (no container can use
-    /// one yet). Returns the removals; the caller collects garbage.
+    /// Removes images without tags (`dangling`), or every image with `all`, except those a
+    /// container uses. Returns the removals; the caller collects garbage.
     pub fn prune_images(&self, all: bool) -> Result<Vec<Removal>, StoreError> {
         let mut removals = Vec::new();
         for image in self.images()? {
+            if !self.containers_using(&image.id)?.is_empty() {
+                continue;
+            }
             if all || (image.tags.is_empty() && image.digests.is_empty()) {
                 for reference in image.tags.iter().chain(&image.digests) {
                     removals.push(Removal::Untagged(familiar(reference)));

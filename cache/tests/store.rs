@@ -364,3 +364,63 @@ fn pruning_removes_dangling_images_or_all() {
     assert_eq!(store.prune_images(true).unwrap().len(), 2);
     assert!(store.images().unwrap().is_empty());
 }
+
+#[test]
+fn containers_are_found_by_name_or_id_and_keep_their_image() {
+    use kiln_cache::container::{ContainerConfig, ContainerState, Status};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let image = add_image(&mut store, "base");
+    store.tag("docker.io/library/base:latest", &image).unwrap();
+    let config = ContainerConfig {
+        args: vec!["true".into()],
+        ..ContainerConfig::default()
+    };
+    let named = store
+        .create_container(
+            &image,
+            Some("web"),
+            config.clone(),
+            "2026-01-01T00:00:00Z".into(),
+        )
+        .unwrap();
+    let random = store
+        .create_container(&image, None, config.clone(), "2026-01-02T00:00:00Z".into())
+        .unwrap();
+    assert!(random.name.contains('_'), "{}", random.name);
+    assert!(store.container_dir(&named.id).join("upper").is_dir());
+    assert_eq!(store.container("web").unwrap().id, named.id);
+    assert_eq!(store.container(&named.id[..6]).unwrap().id, named.id);
+    assert_eq!(store.containers().unwrap().len(), 2);
+    let error = store
+        .create_container(&image, Some("web"), config.clone(), "x".into())
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NameInUse { .. }), "{error}");
+    assert!(matches!(
+        store.create_container(&image, Some("-bad"), config, "x".into()),
+        Err(StoreError::InvalidName(_))
+    ));
+    // The image is in use: rmi needs force, and then only untags; prune keeps it.
+    assert!(matches!(
+        store.remove("base", false),
+        Err(StoreError::ImageInUse { .. })
+    ));
+    assert_eq!(store.remove("base", true).unwrap().len(), 1);
+    assert!(store.prune_images(true).unwrap().is_empty());
+    assert!(store.image(&image).is_ok());
+    let state = ContainerState {
+        status: Status::Exited,
+        exit_code: 3,
+        ..ContainerState::default()
+    };
+    store.set_container_state(&named.id, &state).unwrap();
+    assert_eq!(store.container("web").unwrap().state, state);
+    store.remove_container(&named.id).unwrap();
+    store.remove_container(&random.id).unwrap();
+    assert!(!store.container_dir(&named.id).exists());
+    assert!(matches!(
+        store.container("web"),
+        Err(StoreError::NoSuchContainer(_))
+    ));
+    assert_eq!(store.prune_images(true).unwrap().len(), 1);
+}
