@@ -183,34 +183,10 @@ fn line_span(line: usize) -> Span {
     }
 }
 
-/// The heredocs a statement opens (those of an ONBUILD trigger included).
-fn heredocs(statement: &Statement) -> &[Heredoc] {
-    match &statement.instruction {
-        Instruction::Run(run) => &run.heredocs,
-        Instruction::Copy(copy) => &copy.paths.heredocs,
-        Instruction::Add(add) => &add.paths.heredocs,
-        Instruction::Onbuild(onbuild) => heredocs(&onbuild.trigger),
-        Instruction::From(_)
-        | Instruction::Cmd(_)
-        | Instruction::Label(_)
-        | Instruction::Maintainer(_)
-        | Instruction::Expose(_)
-        | Instruction::Env(_)
-        | Instruction::Entrypoint(_)
-        | Instruction::Volume(_)
-        | Instruction::User(_)
-        | Instruction::Workdir(_)
-        | Instruction::Arg(_)
-        | Instruction::Stopsignal(_)
-        | Instruction::Healthcheck(_)
-        | Instruction::Shell(_) => &[],
-    }
-}
-
 /// The last line of the instruction itself, before any heredoc body: where BuildKit's parser
 /// is when it reports an empty continuation line.
 fn logical_end_line(statement: &Statement) -> usize {
-    match heredocs(statement).first() {
+    match statement.heredocs().first() {
         Some(heredoc) => heredoc
             .span
             .start
