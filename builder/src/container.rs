@@ -7,7 +7,7 @@ use kiln_cache::container::ContainerConfig;
 use kiln_cache::image::ImageConfig;
 
 /// The default PATH Docker gives a container whose image sets none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use kiln_runtime::DEFAULT_PATH;
 
 /// The `run`/`create` options that shape the process.
 #[derive(Debug, Clone, Default)]

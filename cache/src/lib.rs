@@ -3,6 +3,7 @@
 //!
 //! Runs no processes and parses no Dockerfiles. The on-disk layout is documented in [`layout`].
 
+pub mod archive;
 pub mod blob;
 pub mod container;
 pub mod digest;

@@ -21,6 +21,8 @@ pub enum Exit {
     Failure,
     /// Exit 125: kiln could not do what was asked (bad flags, unreadable files).
     Error,
+    /// A container's own exit status, passed through (`kiln run`), or Docker's 126/127.
+    Code(u8),
 }
 
 impl From<Exit> for ExitCode {
@@ -29,6 +31,7 @@ impl From<Exit> for ExitCode {
             Exit::Success => ExitCode::SUCCESS,
             Exit::Failure => ExitCode::from(1),
             Exit::Error => ExitCode::from(125),
+            Exit::Code(code) => ExitCode::from(code),
         }
     }
 }
@@ -65,9 +68,19 @@ enum Command {
     History(commands::image::HistoryArgs),
     /// Import the contents of a tarball to create a file system image
     Import(commands::image::ImportArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(commands::archive::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(commands::archive::LoadArgs),
     /// Manage the store
     #[command(subcommand)]
     System(commands::system::Command),
+    /// Create and run a new container from an image (foreground)
+    Run(Box<commands::container::RunArgs>),
+    /// List containers
+    Ps(commands::container::PsArgs),
+    /// Remove one or more containers
+    Rm(commands::container::RmArgs),
     /// Show the kiln version information
     Version(commands::version::Args),
     /// Display system-wide information
@@ -91,9 +104,24 @@ enum ImageCommand {
     History(commands::image::HistoryArgs),
     /// Import the contents of a tarball to create a file system image
     Import(commands::image::ImportArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(commands::archive::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(commands::archive::LoadArgs),
 }
 
+/// The hidden first argument with which kiln re-executes itself as a container's init.
+const INIT_MARKER: &str = "__kiln-init";
+
 fn main() -> ExitCode {
+    // The container init must start before anything else (no threads, no allocation-heavy
+    // setup): namespaces can only be entered by a single-threaded process.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == INIT_MARKER)
+    {
+        kiln_runtime::init_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return output::usage_error(&error).into(),
@@ -120,10 +148,29 @@ fn main() -> ExitCode {
         Command::Import(args) | Command::Image(ImageCommand::Import(args)) => {
             commands::image::import(global, args)
         }
+        Command::Save(args) | Command::Image(ImageCommand::Save(args)) => {
+            commands::archive::save(global, args)
+        }
+        Command::Load(args) | Command::Image(ImageCommand::Load(args)) => {
+            commands::archive::load(global, args)
+        }
         Command::Image(ImageCommand::Prune(args)) => commands::image::prune(global, args),
         Command::System(command) => commands::system::run(global, command),
+        Command::Run(args) => commands::container::run(global, *args),
+        Command::Ps(args) => commands::container::ps(global, args),
+        Command::Rm(args) => commands::container::rm(global, args),
         Command::Version(args) => commands::version::version(args),
         Command::Info(args) => commands::version::info(global, args),
     };
     exit.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -12,6 +12,11 @@ pub fn out(text: &str) {
     let _ = stdout.flush();
 }
 
+/// A buffered stream to stdout for binary output (`kiln save` without `-o`).
+pub fn stdout_stream() -> impl std::io::Write {
+    std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock())
+}
+
 /// Writes a diagnostic or message to stderr.
 pub fn err(text: &str) {
     let mut stderr = std::io::stderr().lock();

@@ -1,4 +1,29 @@
-//! The container sandbox: namespaces, mounts, pivot_root, users, capabilities, cgroups, pty and
-//! process supervision.
+//! The container sandbox: namespaces, mounts, pivot_root, users, capabilities and process
+//! supervision for one foreground container process.
 //!
-//! Knows nothing about images, digests or Dockerfiles. Empty until the runtime issue.
+//! Knows nothing about images, digests or Dockerfiles: a container is a [`Spec`] (overlay
+//! directories, command, env, user, host name, network, bind mounts). [`run`] re-executes a
+//! program whose `main` calls [`init_main`]; that init creates the namespaces and forks the
+//! container's PID 1, which assembles the root filesystem and executes the command.
+//!
+//! Not here yet: seccomp, cgroup limits, pty (`-t`), detached containers and their monitor,
+//! `exec` into a running container, user namespaces.
+
+mod caps;
+mod container;
+mod error;
+mod forward;
+mod init;
+mod root;
+mod run;
+mod spec;
+mod user;
+
+pub use caps::{DEFAULT_CAPABILITIES, default_mask as default_capability_mask};
+pub use container::DEFAULT_PATH;
+pub use error::{
+    ContainerError, EXIT_ENGINE_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, Errno, RuntimeError,
+};
+pub use init::init_main;
+pub use run::{Io, run};
+pub use spec::{BindMount, Exit, Network, Spec};

@@ -1,6 +1,8 @@
 //! One module per command: parse arguments, call one library entry point, render.
 
+pub mod archive;
 pub mod check;
+pub mod container;
 pub mod debug;
 pub mod image;
 pub mod system;

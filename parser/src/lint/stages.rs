@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use crate::ast::{
-    CommandLine, Dockerfile, Heredoc, Instruction, KeyValues, Position, Span, Statement, Word,
+    CommandLine, Dockerfile, Instruction, KeyValues, Position, Span, Statement, Word,
 };
 use crate::expand::{Environment, Lexer};
 

@@ -1,0 +1,450 @@
+//! Container commands: `run` (foreground), `ps`, `rm`.
+
+use std::path::{Path, PathBuf};
+
+use kiln_builder::container::{ProcessOptions, process_config};
+use kiln_cache::container::{ContainerRecord, ContainerState, Status};
+use kiln_cache::image::ImageConfig;
+use kiln_cache::store::Store;
+use kiln_runtime::{BindMount, Io, Network, Spec};
+use serde_json::{Value, json};
+
+use super::{Global, open_store};
+use crate::commands::image::render;
+use crate::output;
+use crate::{Exit, INIT_MARKER, human};
+
+#[derive(Debug, clap::Args)]
+#[command(trailing_var_arg = true, disable_help_flag = true)]
+pub struct RunArgs {
+    /// Print help (`-h` is the host name, as in docker)
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Automatically remove the container when it exits
+    #[arg(long)]
+    rm: bool,
+    /// Assign a name to the container
+    #[arg(long)]
+    name: Option<String>,
+    /// Set environment variables (NAME=VALUE, or NAME to take kiln's own value)
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file (NAME=VALUE lines, # comments)
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_files: Vec<PathBuf>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// Username or UID (format: name|uid[:group|gid])
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Container host name
+    #[arg(short = 'h', long)]
+    hostname: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Network: none (only loopback; the default until bridge networking lands) or host
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// Mount the container's root filesystem as read only
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// Bind mount a host path: HOST:CONTAINER[:ro]
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    volumes: Vec<String>,
+    /// Set metadata on the container (KEY=VALUE)
+    #[arg(short = 'l', long = "label")]
+    labels: Vec<String>,
+    /// Keep STDIN open (kiln always passes its stdin to a foreground container)
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-TTY (not yet supported)
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Run in the background (not yet supported)
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Publish a port (needs bridge networking, not yet supported)
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// The image
+    image: String,
+    /// The command and its arguments (replace the image's CMD)
+    args: Vec<String>,
+}
+
+/// Reads an `--env-file`: `NAME=VALUE` or `NAME` lines; blank lines and `#` comments skipped.
+fn env_file(path: &Path) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+fn unsupported(args: &RunArgs) -> Option<String> {
+    if args.tty {
+        return Some("-t (a pseudo-TTY) is not supported yet: run without -t".into());
+    }
+    if args.detach {
+        return Some("-d (detached containers) is not supported yet: run in the foreground".into());
+    }
+    if !args.publish.is_empty() {
+        return Some(
+            "-p needs bridge networking, which kiln does not have yet; use --network host".into(),
+        );
+    }
+    None
+}
+
+pub fn run(global: &Global, args: RunArgs) -> Exit {
+    if let Some(message) = unsupported(&args) {
+        return output::error(message);
+    }
+    let network = match args.network.as_str() {
+        "none" => Network::None,
+        "host" => Network::Host,
+        other => {
+            return output::error(format!(
+                "network {other:?} is not supported yet: use none or host"
+            ));
+        }
+    };
+    let mut env = Vec::new();
+    for file in &args.env_files {
+        match env_file(file) {
+            Ok(lines) => env.extend(lines),
+            Err(message) => return output::error(message),
+        }
+    }
+    env.extend(args.env.iter().cloned());
+    let mounts = match args
+        .volumes
+        .iter()
+        .map(|spec| bind_mount(spec))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(mounts) => mounts,
+        Err(message) => return output::error(message),
+    };
+    let store = match open_store(global) {
+        Ok(store) => store,
+        Err(exit) => return exit,
+    };
+    let image = match store.resolve(&args.image).and_then(|id| store.image(&id)) {
+        Ok(image) => image,
+        Err(error) => {
+            return output::error(format!("unable to find image '{}': {error}", args.image));
+        }
+    };
+    let image_config: ImageConfig = match store
+        .blobs()
+        .read(&image.id)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(message) => {
+            return output::error(format!("image {}: unreadable config: {message}", image.id));
+        }
+    };
+    let options = ProcessOptions {
+        image_name: args.image.clone(),
+        args: args.args.clone(),
+        entrypoint: args.entrypoint.clone(),
+        env,
+        working_dir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: args.hostname.clone(),
+        network: args.network.clone(),
+        labels: args
+            .labels
+            .iter()
+            .map(|label| {
+                label
+                    .split_once('=')
+                    .map_or((label.clone(), String::new()), |(k, v)| {
+                        (k.into(), v.into())
+                    })
+            })
+            .collect(),
+        auto_remove: args.rm,
+        read_only: args.read_only,
+    };
+    let mut config = match process_config(&image_config, &options, &|name| std::env::var(name).ok())
+    {
+        Ok(config) => config,
+        Err(error) => return output::error(error),
+    };
+    let created = kiln_cache::import::creation_time();
+    let record =
+        match store.create_container(&image.id, args.name.as_deref(), config.clone(), created) {
+            Ok(record) => record,
+            Err(error) => return output::error_of(&error),
+        };
+    if config.hostname.is_empty() {
+        config.hostname = record.short_id().to_string();
+    }
+    let dir = store.container_dir(&record.id);
+    let spec = Spec {
+        container_dir: dir.clone(),
+        lower_dirs: image
+            .layers
+            .iter()
+            .map(|layer| store.snapshot_path(&layer.chain_id))
+            .collect(),
+        upper_dir: dir.join("upper"),
+        work_dir: dir.join("work"),
+        args: config.args.clone(),
+        env: config.env.clone(),
+        cwd: config.working_dir.clone(),
+        user: Some(config.user.clone()).filter(|user| !user.is_empty()),
+        hostname: config.hostname.clone(),
+        network,
+        read_only: config.read_only,
+        mounts,
+    };
+    let running = ContainerState {
+        status: Status::Running,
+        pid: std::process::id() as i32,
+        started_at: Some(kiln_cache::import::creation_time()),
+        ..ContainerState::default()
+    };
+    let _ = store.set_container_state(&record.id, &running);
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(error) => {
+            return output::error(format!(
+                "cannot find the kiln binary to start the container: {error}"
+            ));
+        }
+    };
+    let result = kiln_runtime::run(&spec, &program, &[INIT_MARKER], Io::inherit());
+    let (code, failure) = match &result {
+        Ok(exit) => (exit.code(), None),
+        Err(error) => (error.exit_code(), Some(error)),
+    };
+    let finished = ContainerState {
+        status: Status::Exited,
+        exit_code: code,
+        finished_at: Some(kiln_cache::import::creation_time()),
+        ..running
+    };
+    if args.rm {
+        if let Err(error) = store.remove_container(&record.id) {
+            output::err(&format!(
+                "kiln: removing container {}: {error}\n",
+                record.short_id()
+            ));
+        }
+    } else {
+        let _ = store.set_container_state(&record.id, &finished);
+    }
+    if let Some(error) = failure {
+        output::err(&format!("kiln: {error}\n"));
+    }
+    Exit::Code(u8::try_from(code.clamp(0, 255)).unwrap_or(125))
+}
+
+/// `-v HOST:CONTAINER[:ro|rw]` (a host path; named volumes come later).
+fn bind_mount(spec: &str) -> Result<BindMount, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, destination, mode) = match parts.as_slice() {
+        [source, destination] => (*source, *destination, "rw"),
+        [source, destination, mode] => (*source, *destination, *mode),
+        _ => {
+            return Err(format!(
+                "invalid volume specification: '{spec}': expected HOST:CONTAINER[:ro]"
+            ));
+        }
+    };
+    if !source.starts_with('/') {
+        return Err(format!(
+            "invalid volume specification: '{spec}': named volumes are not supported yet; give an absolute host path"
+        ));
+    }
+    if !destination.starts_with('/') {
+        return Err(format!(
+            "invalid volume specification: '{spec}': the container path must be absolute"
+        ));
+    }
+    let read_only = match mode {
+        "ro" => true,
+        "rw" => false,
+        other => return Err(format!("invalid mode: {other}")),
+    };
+    Ok(BindMount {
+        source: PathBuf::from(source),
+        destination: destination.to_string(),
+        read_only,
+    })
+}
+
+/// A container whose recorded runner (the `kiln run` process) is gone is not running any more:
+/// its init died with it (parent-death signal).
+fn current_state(store: &Store, record: &ContainerRecord) -> ContainerState {
+    let mut state = record.state.clone();
+    if state.status == Status::Running && !Path::new(&format!("/proc/{}", state.pid)).exists() {
+        state = ContainerState {
+            status: Status::Exited,
+            exit_code: 137,
+            finished_at: state.started_at.clone(),
+            ..state
+        };
+        let _ = store.set_container_state(&record.id, &state);
+    }
+    state
+}
+
+/// Docker's STATUS column: `Created`, `Up 3 minutes`, `Exited (0) 2 seconds ago`.
+fn status_text(state: &ContainerState) -> String {
+    match state.status {
+        Status::Created => "Created".to_string(),
+        Status::Running => format!(
+            "Up {}",
+            human::since(state.started_at.as_deref()).trim_end_matches(" ago")
+        ),
+        Status::Exited => format!(
+            "Exited ({}) {}",
+            state.exit_code,
+            human::since(state.finished_at.as_deref())
+        ),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only display container IDs
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Show the latest created container
+    #[arg(short = 'l', long)]
+    latest: bool,
+    /// Show the n last created containers
+    #[arg(short = 'n', long)]
+    last: Option<usize>,
+    /// Format: table, json, or a Go template
+    #[arg(long)]
+    format: Option<String>,
+}
+
+pub fn ps(global: &Global, args: PsArgs) -> Exit {
+    let store = match open_store(global) {
+        Ok(store) => store,
+        Err(exit) => return exit,
+    };
+    let containers = match store.containers() {
+        Ok(containers) => containers,
+        Err(error) => return output::error_of(&error),
+    };
+    let limit = if args.latest { Some(1) } else { args.last };
+    let show_all = args.all || limit.is_some();
+    let rows: Vec<Value> = containers
+        .iter()
+        .map(|record| (record, current_state(&store, record)))
+        .filter(|(_, state)| show_all || state.status == Status::Running)
+        .take(limit.unwrap_or(usize::MAX))
+        .map(|(record, state)| {
+            let command = record.config.args.join(" ");
+            let command = if args.no_trunc || command.chars().count() <= 20 {
+                format!("\"{command}\"")
+            } else {
+                format!("\"{}…\"", command.chars().take(19).collect::<String>())
+            };
+            json!({
+                "ID": if args.no_trunc { record.id.clone() } else { record.short_id().to_string() },
+                "Image": record.config.image_name,
+                "Command": command,
+                "CreatedAt": record.created,
+                "RunningFor": human::since(Some(&record.created)),
+                "Status": status_text(&state),
+                "State": serde_json::to_value(state.status).unwrap_or(Value::Null),
+                "Ports": "",
+                "Names": record.name,
+                "Labels": record.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                "Networks": record.config.network,
+            })
+        })
+        .collect();
+    if args.quiet {
+        output::out(
+            &rows
+                .iter()
+                .filter_map(|row| row["ID"].as_str())
+                .map(|id| format!("{id}\n"))
+                .collect::<String>(),
+        );
+        return Exit::Success;
+    }
+    render(
+        args.format.as_deref(),
+        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}",
+        &rows,
+        &|field| {
+            Some(
+                match field {
+                    "ID" => "CONTAINER ID",
+                    "RunningFor" => "CREATED",
+                    "CreatedAt" => "CREATED AT",
+                    other => return Some(other.to_ascii_uppercase()),
+                }
+                .to_string(),
+            )
+        },
+    )
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Force the removal of a running container
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Remove anonymous volumes associated with the container (kiln has none yet)
+    #[arg(short = 'v', long)]
+    volumes: bool,
+    /// Containers to remove
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn rm(global: &Global, args: RmArgs) -> Exit {
+    let store = match open_store(global) {
+        Ok(store) => store,
+        Err(exit) => return exit,
+    };
+    let mut exit = Exit::Success;
+    for name in &args.containers {
+        let result = store.container(name).and_then(|record| {
+            let state = current_state(&store, &record);
+            if state.status == Status::Running && !args.force {
+                return Ok(Err(format!(
+                    "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                    record.name
+                )));
+            }
+            store.remove_container(&record.id).map(Ok)
+        });
+        match result {
+            Ok(Ok(())) => output::out(&format!("{name}\n")),
+            Ok(Err(message)) => {
+                output::err(&format!("Error response: {message}\n"));
+                exit = Exit::Failure;
+            }
+            Err(error) => {
+                output::err(&format!("Error: {error}\n"));
+                exit = Exit::Failure;
+            }
+        }
+    }
+    exit
+}

@@ -1,0 +1,197 @@
+//! `kiln run`, `ps` and `rm` with real namespaces, on a busybox image made from Debian's
+//! `busybox-static`. Skipped with a printed reason when not root or when busybox is missing.
+#![allow(clippy::print_stderr)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command as Process;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+/// A store with `busybox:latest` imported, or None (with the reason printed) when the test
+/// cannot run here.
+fn busybox_store() -> Option<tempfile::TempDir> {
+    if !nix_is_root() {
+        eprintln!("skipped: containers need root (euid 0)");
+        return None;
+    }
+    let busybox = PathBuf::from("/bin/busybox");
+    if !busybox.is_file() {
+        eprintln!("skipped: /bin/busybox is missing (apt-get install busybox-static)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
+    let list = Process::new(&busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let tar = Process::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    kiln(&dir)
+        .args([
+            "import",
+            "-c",
+            "CMD [\"sh\"]",
+            "-c",
+            "ENV GREETING=hello",
+            "-",
+            "busybox:latest",
+        ])
+        .write_stdin(tar.stdout)
+        .assert()
+        .success();
+    Some(dir)
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn kiln(dir: &tempfile::TempDir) -> Command {
+    let mut command = Command::cargo_bin("kiln").unwrap();
+    command.arg("--root").arg(dir.path().join("store"));
+    command
+}
+
+#[test]
+fn run_executes_the_command_with_the_image_config_and_passes_the_exit_code() {
+    let Some(dir) = busybox_store() else { return };
+    kiln(&dir)
+        .args([
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "echo $GREETING $$; exit 7",
+        ])
+        .assert()
+        .code(7)
+        .stdout("hello 1\n");
+    kiln(&dir)
+        .args(["run", "--rm", "busybox", "nosuchcommand"])
+        .assert()
+        .code(127)
+        .stderr(predicate::str::contains(
+            "executable file not found in $PATH",
+        ));
+    kiln(&dir)
+        .args([
+            "run",
+            "--rm",
+            "-u",
+            "app",
+            "-w",
+            "/work",
+            "-e",
+            "GREETING=hi",
+            "-h",
+            "box",
+            "busybox",
+            "sh",
+            "-c",
+            "id -u; pwd; echo $GREETING; hostname",
+        ])
+        .assert()
+        .success()
+        .stdout("1000\n/work\nhi\nbox\n");
+    kiln(&dir)
+        .args(["run", "--rm", "-i", "busybox"])
+        .write_stdin("echo from stdin\n")
+        .assert()
+        .success()
+        .stdout("from stdin\n");
+}
+
+#[test]
+fn containers_without_rm_are_listed_and_removed() {
+    let Some(dir) = busybox_store() else { return };
+    kiln(&dir)
+        .args(["run", "--name", "job", "busybox", "true"])
+        .assert()
+        .success();
+    kiln(&dir)
+        .args(["ps"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("job").not());
+    let listing = kiln(&dir)
+        .args(["ps", "-a", "--format", "{{.Names}} {{.Status}}"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(listing.starts_with("job Exited (0) "), "{listing}");
+    kiln(&dir)
+        .args(["run", "--name", "job", "busybox", "true"])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("is already in use"));
+    kiln(&dir)
+        .args(["rmi", "busybox"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("being used by container"));
+    kiln(&dir)
+        .args(["rm", "job"])
+        .assert()
+        .success()
+        .stdout("job\n");
+    kiln(&dir).args(["ps", "-aq"]).assert().success().stdout("");
+    assert_eq!(
+        fs::read_dir(dir.path().join("store/containers"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn unsupported_options_are_refused_clearly() {
+    let Some(dir) = busybox_store() else { return };
+    kiln(&dir)
+        .args(["run", "-p", "80:80", "busybox"])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("bridge networking"));
+    kiln(&dir)
+        .args(["run", "--network", "bridge", "busybox"])
+        .assert()
+        .code(125);
+    kiln(&dir)
+        .args(["run", "-v", "relative:/x", "busybox"])
+        .assert()
+        .code(125);
+    kiln(&dir)
+        .args(["run", "nosuchimage"])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("unable to find image"));
+}

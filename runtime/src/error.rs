@@ -1,0 +1,280 @@
+//! Errors of the runtime: [`RuntimeError`] for the caller of `run`, [`ContainerError`] for
+//! failures inside the re-executed init and the container setup.
+//!
+//! A [`ContainerError`] happens in another process and is sent back as JSON, so it carries an
+//! errno number instead of an `io::Error`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Exit code Docker uses when the engine itself fails (bad input, setup error).
+pub const EXIT_ENGINE_ERROR: i32 = 125;
+/// Exit code Docker uses when the command exists but cannot be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// Exit code Docker uses when the command is not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Why `run` could not run the container's command to completion.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The spec has no command.
+    #[error("no command specified")]
+    NoCommand,
+    /// A path that must be absolute is not.
+    #[error("{what} path {path} is not absolute")]
+    RelativePath {
+        /// Which path.
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// An overlay directory does not exist.
+    #[error("{role} directory {path} does not exist")]
+    MissingDirectory {
+        /// `lower`, `upper` or `work`.
+        role: &'static str,
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A bind mount source does not exist.
+    #[error("bind source path does not exist: {path}")]
+    MissingMountSource {
+        /// The missing host path.
+        path: PathBuf,
+    },
+    /// An overlay directory path contains `,`, `:` or `\`, which the overlay mount options
+    /// cannot carry unescaped.
+    #[error("overlay directory {path} contains ',', ':' or '\\', which overlayfs cannot take")]
+    UnsupportedOverlayPath {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// The host name is empty, too long or has a newline.
+    #[error("invalid hostname {hostname:?}")]
+    InvalidHostname {
+        /// The host name as given.
+        hostname: String,
+    },
+    /// Preparing the container directory on the host failed.
+    #[error("preparing {path}")]
+    ContainerDir {
+        /// The file or directory being written.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting the init program, talking to it or waiting for it failed.
+    #[error("{step} (container init {program})")]
+    Init {
+        /// What was being done, e.g. `starting`.
+        step: &'static str,
+        /// The init program.
+        program: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The init program ended without reporting how the container ended.
+    #[error("container init {program} ended without a report ({status})")]
+    InitDied {
+        /// The init program.
+        program: PathBuf,
+        /// Its wait status, rendered.
+        status: String,
+    },
+    /// Setting up or starting the container failed inside the init.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
+
+impl RuntimeError {
+    /// The exit code Docker's CLI gives this failure: 127 when the command is not found, 126
+    /// when it cannot be executed, 125 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RuntimeError::Container(error) => error.exit_code(),
+            RuntimeError::NoCommand
+            | RuntimeError::RelativePath { .. }
+            | RuntimeError::MissingDirectory { .. }
+            | RuntimeError::MissingMountSource { .. }
+            | RuntimeError::UnsupportedOverlayPath { .. }
+            | RuntimeError::InvalidHostname { .. }
+            | RuntimeError::ContainerDir { .. }
+            | RuntimeError::Init { .. }
+            | RuntimeError::InitDied { .. } => EXIT_ENGINE_ERROR,
+        }
+    }
+}
+
+/// An errno value that survives serialisation; displays as the system's description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Errno(pub i32);
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(nix::errno::Errno::from_raw(self.0).desc())
+    }
+}
+
+impl std::error::Error for Errno {}
+
+impl From<nix::errno::Errno> for Errno {
+    fn from(errno: nix::errno::Errno) -> Self {
+        Errno(errno as i32)
+    }
+}
+
+impl From<&std::io::Error> for Errno {
+    fn from(error: &std::io::Error) -> Self {
+        Errno(error.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// A failure inside the container init: while creating namespaces, assembling the root
+/// filesystem, switching user, or executing the command. Messages follow runc's/Docker's
+/// wording where one exists.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum ContainerError {
+    /// `args[0]` has no `/` and no executable of that name is in the container's `PATH`.
+    #[error("exec: {command:?}: executable file not found in $PATH")]
+    CommandNotFound {
+        /// The command as given.
+        command: String,
+    },
+    /// `args[0]` names a path that does not exist (or whose interpreter does not exist).
+    #[error("exec: {command:?}: stat {path}: {errno}")]
+    CommandMissing {
+        /// The command as given.
+        command: String,
+        /// The path that was tried.
+        path: String,
+        /// Why it failed.
+        errno: Errno,
+    },
+    /// The command exists but cannot be executed (no execute permission, not a valid binary).
+    #[error("exec: {command:?}: {errno}")]
+    CommandNotExecutable {
+        /// The command as given.
+        command: String,
+        /// Why `execve` refused it.
+        errno: Errno,
+    },
+    /// A user name given to `-u` is not in the container's `/etc/passwd`.
+    #[error("unable to find user {user}: no matching entries in passwd file")]
+    UnknownUser {
+        /// The user name.
+        user: String,
+    },
+    /// A group name given to `-u` is not in the container's `/etc/group`.
+    #[error("unable to find group {group}: no matching entries in group file")]
+    UnknownGroup {
+        /// The group name.
+        group: String,
+    },
+    /// A uid or gid is outside the range Linux accepts.
+    #[error("invalid user {user:?}: ids must be between 0 and 2147483647")]
+    InvalidUser {
+        /// The user spec as given.
+        user: String,
+    },
+    /// A mount target or the working directory exists but has the wrong type.
+    #[error("{path}: {reason}")]
+    BadPath {
+        /// The path inside the container.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Safety stop: after `unshare(CLONE_NEWNS)` the process was still in the host's mount
+    /// namespace, so no mount was attempted.
+    #[error("refusing to mount: still in the host's mount namespace after unshare")]
+    SameMountNamespace,
+    /// Safety stop: the directory opened as the container root is not the overlay mount.
+    #[error("refusing to populate {path}: it is not the freshly mounted {expected}")]
+    NotMounted {
+        /// The directory.
+        path: String,
+        /// The filesystem expected there.
+        expected: String,
+    },
+    /// The spec sent to the init could not be read.
+    #[error("reading the container spec: {detail}")]
+    BadSpec {
+        /// The decoder's message.
+        detail: String,
+    },
+    /// A system call failed during setup.
+    #[error("{step}: {errno}")]
+    Setup {
+        /// What was being done, naming the paths involved.
+        step: String,
+        /// The error.
+        errno: Errno,
+    },
+    /// The setup code panicked (a bug); the message is the panic payload.
+    #[error("container setup panicked: {message}")]
+    Panic {
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl ContainerError {
+    /// Builds a [`ContainerError::Setup`] from a step description and an error.
+    pub(crate) fn setup(step: impl Into<String>, errno: impl Into<Errno>) -> Self {
+        ContainerError::Setup {
+            step: step.into(),
+            errno: errno.into(),
+        }
+    }
+
+    /// 127 for a missing command, 126 for one that cannot be executed, 125 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ContainerError::CommandNotFound { .. } | ContainerError::CommandMissing { .. } => {
+                EXIT_NOT_FOUND
+            }
+            ContainerError::CommandNotExecutable { .. } => EXIT_NOT_EXECUTABLE,
+            ContainerError::UnknownUser { .. }
+            | ContainerError::UnknownGroup { .. }
+            | ContainerError::InvalidUser { .. }
+            | ContainerError::BadPath { .. }
+            | ContainerError::SameMountNamespace
+            | ContainerError::NotMounted { .. }
+            | ContainerError::BadSpec { .. }
+            | ContainerError::Setup { .. }
+            | ContainerError::Panic { .. } => EXIT_ENGINE_ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_failures_map_to_docker_exit_codes() {
+        let not_found = ContainerError::CommandNotFound {
+            command: "nope".into(),
+        };
+        assert_eq!(not_found.exit_code(), 127);
+        assert_eq!(
+            not_found.to_string(),
+            "exec: \"nope\": executable file not found in $PATH"
+        );
+        let denied = ContainerError::CommandNotExecutable {
+            command: "/etc/passwd".into(),
+            errno: Errno(libc::EACCES),
+        };
+        assert_eq!(denied.exit_code(), 126);
+        assert_eq!(
+            denied.to_string(),
+            "exec: \"/etc/passwd\": Permission denied"
+        );
+        assert_eq!(RuntimeError::NoCommand.exit_code(), 125);
+    }
+}
