@@ -314,3 +314,70 @@ fn system_df_counts_images() {
     let df = stdout(fixture.kiln().args(["system", "df"]));
     assert!(df.starts_with("TYPE            TOTAL     ACTIVE    SIZE      RECLAIMABLE\nImages          1         1 "), "{df}");
 }
+
+/// Serves `body` once over HTTP on a free loopback port (status 200, or 404 for other paths);
+/// returns the URL.
+fn serve_once(body: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut request_line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            reader.read_line(&mut request_line).unwrap();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            if request_line.starts_with("GET /rootfs.tgz ") {
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .unwrap();
+                stream.write_all(&body).unwrap();
+            } else {
+                stream
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .unwrap();
+            }
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn import_downloads_a_url() {
+    let fixture = Fixture::new();
+    let base = serve_once(fs::read(fixture.tarball()).unwrap());
+    let url = format!("{base}/rootfs.tgz");
+    let output = fixture
+        .kiln()
+        .args(["import", &url, "web:1"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let history = stdout(
+        fixture
+            .kiln()
+            .args(["history", "--format", "{{.Comment}}", "web:1"]),
+    );
+    assert_eq!(history, format!("Imported from {url}\n"));
+    fixture
+        .kiln()
+        .args(["import", &format!("{base}/missing.tgz")])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("404"));
+}

@@ -448,3 +448,61 @@ pub fn rm(global: &Global, args: RmArgs) -> Exit {
     }
     exit
 }
+
+/// Docker's container inspect object.
+pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
+    let state = current_state(store, record);
+    let config = &record.config;
+    let (path, args) = config
+        .args
+        .split_first()
+        .map_or((String::new(), Vec::new()), |(path, args)| {
+            (path.clone(), args.to_vec())
+        });
+    json!({
+        "Id": record.id,
+        "Created": record.created,
+        "Path": path,
+        "Args": args,
+        "State": {
+            "Status": serde_json::to_value(state.status).unwrap_or(Value::Null),
+            "Running": state.status == Status::Running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": state.oom_killed,
+            "Dead": false,
+            "Pid": if state.status == Status::Running { state.pid } else { 0 },
+            "ExitCode": state.exit_code,
+            "Error": "",
+            "StartedAt": state.started_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string()),
+            "FinishedAt": state.finished_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string()),
+        },
+        "Image": record.image.to_string(),
+        "Name": format!("/{}", record.name),
+        "RestartCount": 0,
+        "Driver": "overlay",
+        "Mounts": [],
+        "Config": {
+            "Hostname": if config.hostname.is_empty() { record.short_id().to_string() } else { config.hostname.clone() },
+            "User": config.user,
+            "Env": config.env,
+            "Cmd": args,
+            "Entrypoint": [path],
+            "Image": config.image_name,
+            "WorkingDir": config.working_dir,
+            "Labels": config.labels,
+        },
+        "HostConfig": {
+            "NetworkMode": config.network,
+            "AutoRemove": config.auto_remove,
+            "ReadonlyRootfs": config.read_only,
+        },
+        "GraphDriver": {
+            "Name": "overlay",
+            "Data": {
+                "UpperDir": store.container_dir(&record.id).join("upper").display().to_string(),
+                "WorkDir": store.container_dir(&record.id).join("work").display().to_string(),
+            },
+        },
+    })
+}

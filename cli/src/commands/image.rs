@@ -489,12 +489,16 @@ pub struct InspectArgs {
 }
 
 pub fn inspect(global: &Global, args: InspectArgs) -> Exit {
-    if args.kind.as_deref().is_some_and(|kind| kind != "image") {
-        return output::error(format!(
-            "unsupported --type {:?}: kiln has images only so far",
-            args.kind.unwrap_or_default()
-        ));
-    }
+    let (containers, images) = match args.kind.as_deref() {
+        None => (true, true),
+        Some("container") => (true, false),
+        Some("image") => (false, true),
+        Some(other) => {
+            return output::error(format!(
+                "unsupported --type {other:?}: expected container or image"
+            ));
+        }
+    };
     let store = match open_store(global) {
         Ok(store) => store,
         Err(exit) => return exit,
@@ -502,9 +506,19 @@ pub fn inspect(global: &Global, args: InspectArgs) -> Exit {
     let mut objects = Vec::new();
     let mut exit = Exit::Success;
     for name in &args.names {
-        match store.resolve(name).and_then(|id| store.image(&id)) {
-            Ok(image) => objects.push(inspect_json(&store, &image)),
-            Err(_) => {
+        // As docker: a container of that name first, then an image.
+        if containers && let Ok(container) = store.container(name) {
+            objects.push(super::container::inspect_json(&store, &container));
+            continue;
+        }
+        match store
+            .resolve(name)
+            .and_then(|id| store.image(&id))
+            .ok()
+            .filter(|_| images)
+        {
+            Some(image) => objects.push(inspect_json(&store, &image)),
+            None => {
                 output::err(&format!("Error: No such object: {name}\n"));
                 exit = Exit::Failure;
             }
@@ -670,7 +684,8 @@ pub struct ImportArgs {
     /// Set a commit message for the imported image
     #[arg(short = 'm', long)]
     message: Option<String>,
-    /// The root file system tarball: a file, `-` for stdin (plain, gzip, zstd, xz or bzip2)
+    /// The root file system tarball: a file, an http(s) URL, or `-` for stdin (plain, gzip,
+    /// zstd, xz or bzip2)
     file: PathBuf,
     /// The name to give the image
     reference: Option<String>,
@@ -700,13 +715,9 @@ pub fn import(global: &Global, args: ImportArgs) -> Exit {
         Err(exit) => return exit,
     };
     let source = args.file.display().to_string();
-    let reader: Box<dyn Read> = if source == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        match std::fs::File::open(&args.file) {
-            Ok(file) => Box::new(file),
-            Err(error) => return output::error(format!("{source}: {error}")),
-        }
+    let reader = match open_archive(&source) {
+        Ok(reader) => reader,
+        Err(message) => return output::error(message),
     };
     let options = ImportOptions {
         config,
@@ -723,6 +734,23 @@ pub fn import(global: &Global, args: ImportArgs) -> Exit {
         }
         Err(error) => output::error_of(&error),
     }
+}
+
+/// Opens what `kiln import` reads: stdin for `-`, an `http://` or `https://` URL (streamed, not
+/// downloaded first), or a file.
+fn open_archive(source: &str) -> Result<Box<dyn Read>, String> {
+    if source == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let response = ureq::get(source)
+            .call()
+            .map_err(|error| format!("downloading {source}: {error}"))?;
+        return Ok(Box::new(response.into_body().into_reader()));
+    }
+    std::fs::File::open(source)
+        .map(|file| Box::new(file) as Box<dyn Read>)
+        .map_err(|error| format!("{source}: {error}"))
 }
 
 #[cfg(test)]
