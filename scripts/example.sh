@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: build kiln, then parse and lint the example Dockerfile (testdata/example).
+# The main job: build kiln, check and parse the example Dockerfile (testdata/example), then make
+# a busybox base image offline (from Debian's busybox-static) and run a container from it.
 # Works offline as root on a fresh Debian 12 machine that has a Rust toolchain (cargo >= 1.88).
+# The store is $KILN_ROOT (default: /var/lib/kiln).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +14,8 @@ echo "== kiln check testdata/example"
 echo
 echo "== kiln debug parse testdata/example/Dockerfile"
 "$kiln" debug parse testdata/example/Dockerfile
+echo
+echo "== kiln import (busybox from busybox-static) and kiln run"
+scripts/busybox-rootfs.sh | "$kiln" import -c 'CMD ["sh"]' -m "busybox-static base" - busybox:latest
+"$kiln" images busybox
+"$kiln" run --rm -e GREETING=hello busybox sh -c 'echo "$GREETING from a kiln container: pid $$, host $(hostname)"; id'

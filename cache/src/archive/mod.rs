@@ -6,6 +6,16 @@
 //! `blobs/sha256/<hex>`). Blobs are written as the store holds them (kiln's layers are gzip), so
 //! an image saved and loaded again keeps its manifest digest.
 //!
+//! Docker before 25 reads only the Docker half, and it accepts gzip layer blobs there: `docker
+//! load` decompresses each `Layers` entry before it checks the entry against the config's diff
+//! ID. Checked with Docker 20.10.24 (`cli/tests/docker_interop.rs`): a kiln archive of gzip
+//! layers loads, with the image ID and diff IDs unchanged, even for layers Docker did not have.
+//! So kiln does not write uncompressed copies for old engines: that would double the archive or
+//! change the manifest digest of every saved image, for no engine that needs it. zstd layers are
+//! the exception: Docker 20.10 fails on them ("unexpected EOF"), in kiln's archives and in its
+//! own layout alike; kiln writes them as stored all the same (only images loaded with zstd
+//! layers have them).
+//!
 //! Reading accepts `docker save` output of every Docker version since 1.10 (`<id>/layer.tar`
 //! entries, possibly symlinked to each other, up to 24; OCI-style from 25), OCI archives and OCI
 //! layout directories, the outer archive plain or compressed.
