@@ -195,3 +195,85 @@ fn unsupported_options_are_refused_clearly() {
         .code(125)
         .stderr(predicate::str::contains("unable to find image"));
 }
+
+#[test]
+fn limits_and_security_options_reach_the_container() {
+    let Some(dir) = busybox_store() else { return };
+    kiln(&dir)
+        .args([
+            "run",
+            "--name",
+            "hog",
+            "-m",
+            "32m",
+            "busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=256M",
+            "count=1",
+        ])
+        .assert()
+        .code(137);
+    kiln(&dir)
+        .args([
+            "inspect",
+            "--format",
+            "{{.State.ExitCode}} {{.State.OOMKilled}}",
+            "hog",
+        ])
+        .assert()
+        .success()
+        .stdout("137 true\n");
+    kiln(&dir)
+        .args([
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=512:1024",
+            "--pids-limit",
+            "50",
+            "--cpus",
+            "0.5",
+            "busybox",
+            "sh",
+            "-c",
+            "ulimit -n",
+        ])
+        .assert()
+        .success()
+        .stdout("512\n");
+    kiln(&dir)
+        .args([
+            "run",
+            "--rm",
+            "--cap-drop",
+            "CHOWN",
+            "busybox",
+            "chown",
+            "1000",
+            "/tmp",
+        ])
+        .assert()
+        .code(1);
+    kiln(&dir)
+        .args(["run", "--rm", "busybox", "sh", "-c", "unshare -U true"])
+        .assert()
+        .failure();
+    kiln(&dir)
+        .args(["run", "--rm", "-m", "12q", "busybox", "true"])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("invalid size"));
+    kiln(&dir)
+        .args([
+            "run",
+            "--rm",
+            "--security-opt",
+            "apparmor=x",
+            "busybox",
+            "true",
+        ])
+        .assert()
+        .code(125);
+}

@@ -1,9 +1,11 @@
 //! The container's first process: PID 1 of the new PID namespace, forked by the init.
 //!
-//! It creates the remaining namespaces, assembles the root filesystem (overlay, `/proc`,
-//! `/dev`, `/sys`, `/etc` files, bind mounts), switches root, masks Docker's masked paths,
-//! drops capabilities, switches user and executes the command, becoming the user's process
-//! (as Docker without `--init`). Every failure before `execve` is sent to the init over a
+//! It joins the container's cgroup, creates the remaining namespaces (the cgroup namespace
+//! after joining, so the container sees its cgroup as `/`), assembles the root filesystem
+//! (overlay, `/proc`, `/dev`, `/sys`, `/etc` files, bind mounts), switches root, masks
+//! Docker's masked paths, sets the ulimits, drops capabilities, switches user, installs the
+//! seccomp filter and executes the command, becoming the user's process (as Docker without
+//! `--init`). Every failure before `execve` is sent to the init over a
 //! close-on-exec pipe; end of file on that pipe without a message means `execve` succeeded.
 //!
 //! Safety rules (the host must never be touched): no mount happens before this process is
@@ -35,7 +37,7 @@ use crate::caps;
 use crate::error::{ContainerError, Errno as SerialErrno};
 use crate::init::{InitMessage, NamespaceId};
 use crate::root::{Root, fd_path};
-use crate::spec::{Network, Spec};
+use crate::spec::{Network, Spec, Ulimit, UlimitName};
 use crate::user::{self, ExecUser};
 
 /// `PATH` when the container's env has none (Docker's default).
@@ -120,11 +122,14 @@ fn setup_and_exec(message: &InitMessage) -> Result<Infallible, ContainerError> {
     // process gets Docker's 022 just before exec.
     umask(Mode::empty());
 
+    // Only this process (the container's PID 1) enters the limited cgroup, before it forks
+    // or mounts anything; everything it starts stays inside.
+    join_cgroup(&message.cgroup_procs)?;
     enter_namespaces(spec.network, message.host_mount_ns)?;
     let root = mount_root_filesystem(spec)?;
     mount_proc(&root)?;
-    mount_dev(&root)?;
-    mount_sys(&root)?;
+    mount_dev(&root, spec.privileged)?;
+    mount_sys(&root, spec.privileged)?;
     mount_etc_files(&root, spec)?;
     mount_binds(&root, spec)?;
 
@@ -145,17 +150,29 @@ fn setup_and_exec(message: &InitMessage) -> Result<Infallible, ContainerError> {
 
     switch_root(&root)?;
     drop(root);
-    mask_paths()?;
+    if !spec.privileged {
+        mask_paths()?;
+    }
     if spec.read_only {
         remount_read_only(Path::new("/"))?;
     }
     chdir(Path::new(&spec.cwd))
         .map_err(|errno| ContainerError::setup(format!("chdir {}", spec.cwd), errno))?;
 
-    caps::limit_bounding_set(last_cap)?;
+    set_ulimits(&spec.ulimits)?;
+    // Without no-new-privileges, installing a filter needs CAP_SYS_ADMIN, so it goes in
+    // before the capabilities are dropped; the profile must then allow the few calls left
+    // (capset, setgroups, setresuid, prctl, close_range, execve...), as Docker's does. With
+    // it, the filter goes in last. This is runc's order.
+    if let Some(filter) = &message.seccomp
+        && !spec.no_new_privileges
+    {
+        crate::seccomp::install(filter)?;
+    }
+    caps::limit_bounding_set(last_cap, message.capabilities)?;
     switch_user(&exec_user)?;
     let mask = if exec_user.uid == 0 {
-        caps::default_mask()
+        message.capabilities
     } else {
         0
     };
@@ -164,9 +181,91 @@ fn setup_and_exec(message: &InitMessage) -> Result<Infallible, ContainerError> {
     set_parent_death_signal()?;
     umask(Mode::from_bits_truncate(0o022));
     close_inherited_fds()?;
+    if spec.no_new_privileges {
+        set_no_new_privileges()?;
+        if let Some(filter) = &message.seccomp {
+            crate::seccomp::install(filter)?;
+        }
+    }
 
     let env = container_env(spec, &exec_user);
     exec(&spec.args, &env)
+}
+
+/// Moves this process into the container's cgroup (writing `0` to `cgroup.procs` moves the
+/// writer).
+fn join_cgroup(procs_files: &[PathBuf]) -> Result<(), ContainerError> {
+    for file in procs_files {
+        std::fs::write(file, "0").map_err(|error| {
+            ContainerError::setup(format!("joining cgroup {}", file.display()), &error)
+        })?;
+    }
+    Ok(())
+}
+
+fn set_no_new_privileges() -> Result<(), ContainerError> {
+    // SAFETY: integer-only prctl, no memory is passed.
+    let result = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if result != 0 {
+        return Err(ContainerError::setup(
+            "setting no-new-privileges",
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
+fn rlimit_resource(name: UlimitName) -> nix::sys::resource::Resource {
+    use nix::sys::resource::Resource;
+    match name {
+        UlimitName::As => Resource::RLIMIT_AS,
+        UlimitName::Core => Resource::RLIMIT_CORE,
+        UlimitName::Cpu => Resource::RLIMIT_CPU,
+        UlimitName::Data => Resource::RLIMIT_DATA,
+        UlimitName::Fsize => Resource::RLIMIT_FSIZE,
+        UlimitName::Locks => Resource::RLIMIT_LOCKS,
+        UlimitName::Memlock => Resource::RLIMIT_MEMLOCK,
+        UlimitName::Msgqueue => Resource::RLIMIT_MSGQUEUE,
+        UlimitName::Nice => Resource::RLIMIT_NICE,
+        UlimitName::Nofile => Resource::RLIMIT_NOFILE,
+        UlimitName::Nproc => Resource::RLIMIT_NPROC,
+        UlimitName::Rss => Resource::RLIMIT_RSS,
+        UlimitName::Rtprio => Resource::RLIMIT_RTPRIO,
+        UlimitName::Rttime => Resource::RLIMIT_RTTIME,
+        UlimitName::Sigpending => Resource::RLIMIT_SIGPENDING,
+        UlimitName::Stack => Resource::RLIMIT_STACK,
+    }
+}
+
+/// `setrlimit` for each `--ulimit`, while still root with every capability kiln gave the
+/// container (raising a hard limit needs `CAP_SYS_RESOURCE`, which kiln may lack itself).
+fn set_ulimits(ulimits: &[Ulimit]) -> Result<(), ContainerError> {
+    for ulimit in ulimits {
+        let infinite = |value: u64| {
+            if value == u64::MAX {
+                libc::RLIM_INFINITY
+            } else {
+                value
+            }
+        };
+        nix::sys::resource::setrlimit(
+            rlimit_resource(ulimit.name),
+            infinite(ulimit.soft),
+            infinite(ulimit.hard),
+        )
+        .map_err(|errno| {
+            ContainerError::setup(
+                format!(
+                    "setting ulimit {}={}:{}",
+                    ulimit.name.as_str(),
+                    ulimit.soft,
+                    ulimit.hard
+                ),
+                errno,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Default dispositions and an empty mask: the init blocked signals before forking, and a
@@ -320,21 +419,82 @@ fn mount_proc(root: &Root) -> Result<(), ContainerError> {
     )
 }
 
-fn mount_sys(root: &Root) -> Result<(), ContainerError> {
+fn mount_sys(root: &Root, privileged: bool) -> Result<(), ContainerError> {
     let target = root.create_dir_all("/sys")?;
     // A fresh sysfs shows the network devices of this process's network namespace: only lo
     // with `--network none`, the host's with `--network host` (mounting it is allowed as root).
-    mount_at(
-        target.as_fd(),
-        "/sys",
-        "sysfs",
-        "sysfs",
-        NO_SUID_DEV_EXEC | MsFlags::MS_RDONLY,
-        None,
-    )
+    // Read-write only for privileged containers, as in Docker.
+    let flags = if privileged {
+        NO_SUID_DEV_EXEC
+    } else {
+        NO_SUID_DEV_EXEC | MsFlags::MS_RDONLY
+    };
+    mount_at(target.as_fd(), "/sys", "sysfs", "sysfs", flags, None)
 }
 
-fn mount_dev(root: &Root) -> Result<(), ContainerError> {
+/// Host `/dev` entries Docker leaves out when it gives a privileged container the host's
+/// devices (moby `HostDevices`).
+const HOST_DEV_SKIPPED: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// For `--privileged`: every character and block device under the host's `/dev` is created
+/// at the same path in the container's `/dev` (same type, numbers, mode and owner). Runs
+/// before `pivot_root`, when `/dev` is still the host's. Existing names are kept.
+fn copy_host_devices(
+    root: &Root,
+    host_dir: &Path,
+    container_dir: &str,
+) -> Result<(), ContainerError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let entries = std::fs::read_dir(host_dir).map_err(|error| {
+        ContainerError::setup(format!("listing {}", host_dir.display()), &error)
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if container_dir == "/dev" && HOST_DEV_SKIPPED.contains(&name.as_ref()) {
+            continue;
+        }
+        let Ok(metadata) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        let kind = metadata.file_type();
+        let path = format!("{container_dir}/{name}");
+        if kind.is_dir() {
+            copy_host_devices(root, &entry.path(), &path)?;
+            continue;
+        }
+        let node_type = if kind.is_char_device() {
+            SFlag::S_IFCHR
+        } else if kind.is_block_device() {
+            SFlag::S_IFBLK
+        } else {
+            continue;
+        };
+        let parent = root.create_dir_all(container_dir)?;
+        match mknodat(
+            parent.as_fd(),
+            name.as_ref(),
+            node_type,
+            Mode::from_bits_truncate(metadata.mode()),
+            metadata.rdev(),
+        ) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => continue,
+            Err(errno) => return Err(ContainerError::setup(format!("mknod {path}"), errno)),
+        }
+        nix::unistd::fchownat(
+            parent.as_fd(),
+            name.as_ref(),
+            Some(Uid::from_raw(metadata.uid())),
+            Some(Gid::from_raw(metadata.gid())),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|errno| ContainerError::setup(format!("chown {path}"), errno))?;
+    }
+    Ok(())
+}
+
+fn mount_dev(root: &Root, privileged: bool) -> Result<(), ContainerError> {
     let target = root.create_dir_all("/dev")?;
     mount_at(
         target.as_fd(),
@@ -391,6 +551,9 @@ fn mount_dev(root: &Root) -> Result<(), ContainerError> {
             .map_err(|errno| ContainerError::setup(format!("open {path}"), errno))?;
         let data = (!data.is_empty()).then_some(data);
         mount_at(target.as_fd(), &path, fstype, fstype, flags, data)?;
+    }
+    if privileged {
+        copy_host_devices(root, Path::new("/dev"), "/dev")?;
     }
     Ok(())
 }
@@ -686,6 +849,7 @@ mod tests {
 
     fn spec() -> Spec {
         Spec {
+            id: "c".into(),
             container_dir: "/c".into(),
             lower_dirs: vec!["/l/base".into(), "/l/top".into()],
             upper_dir: "/c/upper".into(),
@@ -698,6 +862,13 @@ mod tests {
             network: Network::None,
             read_only: false,
             mounts: vec![],
+            resources: Default::default(),
+            ulimits: vec![],
+            cap_add: vec![],
+            cap_drop: vec![],
+            privileged: false,
+            seccomp: Default::default(),
+            no_new_privileges: false,
         }
     }
 

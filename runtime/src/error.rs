@@ -86,9 +86,141 @@ pub enum RuntimeError {
         /// Its wait status, rendered.
         status: String,
     },
+    /// The container id cannot name a cgroup directory.
+    #[error("invalid container id {id:?}: use letters, digits, '_', '.' and '-' (at most 128)")]
+    InvalidId {
+        /// The id as given.
+        id: String,
+    },
+    /// A `--ulimit` value is malformed or inconsistent.
+    #[error("invalid ulimit {value:?}: {reason}")]
+    InvalidUlimit {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A resource limit is out of range.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// A `--cap-add`/`--cap-drop` name is not a capability (Docker's wording).
+    #[error("unknown capability: {name:?}")]
+    UnknownCapability {
+        /// The name, normalised (`CAP_` prefix, upper case).
+        name: String,
+    },
+    /// `--cap-add` names a capability that kiln itself does not hold, so it cannot be given.
+    #[error("cannot add capability {name}: kiln itself does not hold it")]
+    CapabilityNotHeld {
+        /// The capability.
+        name: String,
+    },
+    /// The seccomp profile cannot be used.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// A limit needs a cgroup controller that this host does not provide.
+    #[error("cannot apply {limit}: the cgroup {controller} controller is not available")]
+    CgroupControllerMissing {
+        /// The controller, e.g. `pids`.
+        controller: &'static str,
+        /// The limit, e.g. `pids limit`.
+        limit: &'static str,
+    },
+    /// Creating, configuring or removing the container's cgroup failed.
+    #[error("cgroup: {step} {path}")]
+    Cgroup {
+        /// What was being done, e.g. `writing`.
+        step: &'static str,
+        /// The cgroup file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container's cgroup exists and still has processes: another container with this
+    /// id is running.
+    #[error("cgroup {path} is in use by running processes")]
+    CgroupInUse {
+        /// The cgroup directory.
+        path: PathBuf,
+    },
     /// Setting up or starting the container failed inside the init.
     #[error(transparent)]
     Container(#[from] ContainerError),
+}
+
+/// A resource limit Docker would refuse (messages as Docker's daemon words them).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LimitError {
+    /// `-m` below 6 MiB.
+    #[error("minimum memory limit allowed is 6MB")]
+    MemoryTooLow,
+    /// `--memory-swap` without `-m`.
+    #[error("you should always set the memory limit when using the memoryswap limit")]
+    SwapWithoutMemory,
+    /// `--memory-swap` below `-m`.
+    #[error("minimum memoryswap limit should be larger than memory limit")]
+    SwapBelowMemory,
+    /// `--cpus` not a positive number of at least 0.01.
+    #[error("range of CPUs is from 0.01 upwards")]
+    Cpus,
+    /// `--cpuset-cpus` not a list like `0-2,4`.
+    #[error("invalid value {cpus:?} for cpuset cpus")]
+    Cpuset {
+        /// The value as given.
+        cpus: String,
+    },
+    /// `--cpu-shares 1` (the kernel's minimum is 2).
+    #[error("cpu shares must be at least 2")]
+    CpuShares,
+}
+
+/// A seccomp profile kiln cannot turn into a filter.
+#[derive(Debug, Error)]
+pub enum SeccompError {
+    /// The text is not a Docker seccomp profile.
+    #[error("decoding seccomp profile: {detail}")]
+    Json {
+        /// The decoder's message (line and column included).
+        detail: String,
+    },
+    /// An action kiln does not know.
+    #[error("seccomp profile: unknown action {action:?}")]
+    UnknownAction {
+        /// The action as written.
+        action: String,
+    },
+    /// `SCMP_ACT_NOTIFY` needs a listener, which kiln does not provide.
+    #[error("seccomp profile: action {action} is not supported")]
+    UnsupportedAction {
+        /// The action as written.
+        action: String,
+    },
+    /// An argument comparison kiln does not know.
+    #[error("seccomp profile: unknown comparison {op:?}")]
+    UnknownOperator {
+        /// The operator as written.
+        op: String,
+    },
+    /// A flag kiln does not know.
+    #[error("seccomp profile: unknown flag {flag:?}")]
+    UnknownFlag {
+        /// The flag as written.
+        flag: String,
+    },
+    /// Filters are only built for x86_64 so far.
+    #[error("seccomp filters are not supported on {arch} yet (use seccomp=unconfined)")]
+    UnsupportedArchitecture {
+        /// The host architecture.
+        arch: &'static str,
+    },
+    /// The BPF compiler refused the rules (too large, bad argument index).
+    #[error("compiling the seccomp filter")]
+    Compile {
+        /// The compiler's error.
+        #[source]
+        source: seccompiler::BackendError,
+    },
 }
 
 impl RuntimeError {
@@ -105,7 +237,16 @@ impl RuntimeError {
             | RuntimeError::InvalidHostname { .. }
             | RuntimeError::ContainerDir { .. }
             | RuntimeError::Init { .. }
-            | RuntimeError::InitDied { .. } => EXIT_ENGINE_ERROR,
+            | RuntimeError::InitDied { .. }
+            | RuntimeError::InvalidId { .. }
+            | RuntimeError::InvalidUlimit { .. }
+            | RuntimeError::Limit(_)
+            | RuntimeError::UnknownCapability { .. }
+            | RuntimeError::CapabilityNotHeld { .. }
+            | RuntimeError::Seccomp(_)
+            | RuntimeError::CgroupControllerMissing { .. }
+            | RuntimeError::Cgroup { .. }
+            | RuntimeError::CgroupInUse { .. } => EXIT_ENGINE_ERROR,
         }
     }
 }

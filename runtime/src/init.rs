@@ -63,6 +63,13 @@ pub(crate) struct InitMessage {
     /// The caller's (host's) mount namespace: the container must end up in another one
     /// before it mounts anything.
     pub(crate) host_mount_ns: NamespaceId,
+    /// The container's capabilities (bounding set; also effective and permitted for root),
+    /// resolved from the spec by the caller.
+    pub(crate) capabilities: u64,
+    /// The seccomp filter to install before `execve`, compiled by the caller.
+    pub(crate) seccomp: Option<crate::seccomp::Compiled>,
+    /// `cgroup.procs` files of the container's cgroup, which its PID 1 joins first thing.
+    pub(crate) cgroup_procs: Vec<std::path::PathBuf>,
 }
 
 /// What the init sends back, exactly once.

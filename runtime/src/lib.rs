@@ -2,28 +2,35 @@
 //! supervision for one foreground container process.
 //!
 //! Knows nothing about images, digests or Dockerfiles: a container is a [`Spec`] (overlay
-//! directories, command, env, user, host name, network, bind mounts). [`run`] re-executes a
+//! directories, command, env, user, host name, network, bind mounts, cgroup limits,
+//! ulimits, capabilities, seccomp). [`run`] creates the container's cgroup, re-executes a
 //! program whose `main` calls [`init_main`]; that init creates the namespaces and forks the
-//! container's PID 1, which assembles the root filesystem and executes the command.
+//! container's PID 1, which joins the cgroup, assembles the root filesystem, drops
+//! privileges, installs the seccomp filter and executes the command.
 //!
-//! Not here yet: seccomp, cgroup limits, pty (`-t`), detached containers and their monitor,
-//! `exec` into a running container, user namespaces.
+//! Not here yet: pty (`-t`), detached containers and their monitor, `exec` into a running
+//! container, user namespaces, the device allow-list on cgroup v2, AppArmor/SELinux.
 
 mod caps;
+mod cgroup;
 mod container;
 mod error;
 mod forward;
 mod init;
 mod root;
 mod run;
+mod seccomp;
 mod spec;
+mod syscalls;
 mod user;
 
 pub use caps::{DEFAULT_CAPABILITIES, default_mask as default_capability_mask};
+pub use cgroup::remove_cgroup;
 pub use container::DEFAULT_PATH;
 pub use error::{
-    ContainerError, EXIT_ENGINE_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, Errno, RuntimeError,
+    ContainerError, EXIT_ENGINE_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, Errno, LimitError,
+    RuntimeError, SeccompError,
 };
 pub use init::init_main;
 pub use run::{Io, run};
-pub use spec::{BindMount, Exit, Network, Spec};
+pub use spec::{BindMount, Exit, Network, Outcome, Resources, Seccomp, Spec, Ulimit, UlimitName};

@@ -10,11 +10,12 @@ use std::process::{Command, Stdio};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::pipe2;
 
+use crate::cgroup::Cgroup;
 use crate::container::{empty_lower_dir, rootfs_dir};
 use crate::error::RuntimeError;
 use crate::forward::Forwarding;
 use crate::init::{FDS_ENV, InitMessage, NamespaceId, PARENT_ENV, Report};
-use crate::spec::{Exit, Network, Spec};
+use crate::spec::{Network, Outcome, Spec};
 
 /// Files in the container directory that are bind-mounted over `/etc/<name>`.
 pub(crate) const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
@@ -50,7 +51,8 @@ impl Default for Io {
     }
 }
 
-/// Runs `spec` to completion in a fresh process tree and returns how its command ended.
+/// Runs `spec` to completion in a fresh process tree and returns how its command ended
+/// ([`Outcome`]: exit status and whether the OOM killer struck).
 ///
 /// Starts `init_program init_args...` (the kiln binary with its init marker, or a test
 /// binary; its `main` must call [`crate::init_main`]), which creates the namespaces and
@@ -66,8 +68,15 @@ impl Default for Io {
 /// process exits, before this function returns; nothing is mounted on the host. The upper
 /// directory keeps the container's writes; the caller removes the directories.
 ///
+/// Before starting the init, creates the container's cgroup `kiln/<spec.id>` and applies
+/// `spec.resources` to it (the container's PID 1 joins it; this process never does),
+/// resolves the capabilities and compiles the seccomp filter, so a bad limit, capability
+/// name or profile fails here, before any process starts. After the init ends, reads the OOM
+/// counter and removes the cgroup, killing anything left in it (the init was killed, say).
+///
 /// If this process dies, the init gets SIGKILL (parent-death signal of the thread calling
-/// `run`, which blocks until the end) and the container dies with it.
+/// `run`, which blocks until the end) and the container dies with it; the empty cgroup stays
+/// until the next `run` with the same id or [`crate::remove_cgroup`].
 ///
 /// Errors: [`RuntimeError::exit_code`] gives Docker's exit code (127 command not found, 126
 /// not executable, 125 everything else).
@@ -76,9 +85,17 @@ pub fn run(
     init_program: &Path,
     init_args: &[&str],
     io: Io,
-) -> Result<Exit, RuntimeError> {
+) -> Result<Outcome, RuntimeError> {
     spec.validate()?;
+    let held = crate::caps::held().map_err(|source| RuntimeError::Init {
+        step: "reading kiln's own capabilities",
+        program: init_program.to_path_buf(),
+        source,
+    })?;
+    let capabilities = crate::caps::resolve(spec, held)?;
+    let seccomp = crate::seccomp::for_spec(spec, capabilities)?;
     prepare_container_dir(spec)?;
+    let mut cgroup = Cgroup::create(&spec.id, &spec.resources, spec.privileged)?;
     let init_error = |step: &'static str| {
         move |source: std::io::Error| RuntimeError::Init {
             step,
@@ -90,6 +107,9 @@ pub fn run(
         spec: spec.clone(),
         host_mount_ns: NamespaceId::of_mount_namespace()
             .map_err(init_error("reading the host mount namespace"))?,
+        capabilities,
+        seccomp,
+        cgroup_procs: cgroup.procs_files(),
     };
     let payload = serde_json::to_vec(&message)
         .map_err(|error| init_error("encoding the spec")(error.into()))?;
@@ -135,6 +155,8 @@ pub fn run(
     let received = std::fs::File::from(report_read).read_to_end(&mut report);
     let status = child.wait().map_err(init_error("waiting for"))?;
     drop(forwarding);
+    let oom_killed = cgroup.oom_killed();
+    cgroup.remove()?;
 
     if report.is_empty() {
         if let Err(source) = sent.and(received) {
@@ -146,7 +168,7 @@ pub fn run(
         });
     }
     match serde_json::from_slice(&report) {
-        Ok(Report::Exited(exit)) => Ok(exit),
+        Ok(Report::Exited(exit)) => Ok(Outcome { exit, oom_killed }),
         Ok(Report::Failed(error)) => Err(error.into()),
         Err(_) => Err(RuntimeError::InitDied {
             program: init_program.to_path_buf(),

@@ -66,7 +66,7 @@ fn exit_code_passes_through() {
     let Some(mut f) = fixture() else { return };
     f.sh("exit 3");
     let outcome = f.run();
-    assert_eq!(outcome.result.unwrap(), Exit::Code(3));
+    assert_eq!(outcome.exit(), Exit::Code(3));
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn a_child_killed_by_a_signal_reports_128_plus_signal_as_the_shell_does() {
     // PID 1 of a namespace ignores signals it has no handler for, even SIGTERM from itself
     // (Docker behaves the same); a child process dies of it.
     f.sh("sh -c 'kill -TERM $$'; exit $?");
-    assert_eq!(f.run().result.unwrap().code(), 143);
+    assert_eq!(f.run().exit().code(), 143);
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn pid_1_killed_from_the_host_reports_the_signal() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let exit = runner.join().unwrap().result.unwrap();
+    let exit = runner.join().unwrap().exit();
     assert_eq!(exit, Exit::Signal(9));
     assert_eq!(exit.code(), 137);
 }
@@ -128,7 +128,7 @@ fn the_init_forwards_sigterm_to_the_container() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(runner.join().unwrap().result.unwrap(), Exit::Code(42));
+    assert_eq!(runner.join().unwrap().exit(), Exit::Code(42));
 }
 
 #[test]

@@ -28,5 +28,5 @@ fn sigterm_to_the_caller_is_forwarded_to_the_container_and_the_caller_survives()
         Duration::from_secs(10)
     ));
     nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert_eq!(runner.join().unwrap().result.unwrap(), Exit::Code(42));
+    assert_eq!(runner.join().unwrap().exit(), Exit::Code(42));
 }

@@ -6,7 +6,7 @@ use kiln_builder::container::{ProcessOptions, process_config};
 use kiln_cache::container::{ContainerRecord, ContainerState, Status};
 use kiln_cache::image::ImageConfig;
 use kiln_cache::store::Store;
-use kiln_runtime::{BindMount, Io, Network, Spec};
+use kiln_runtime::{BindMount, Io, Network, Resources, Seccomp, Spec, Ulimit};
 use serde_json::{Value, json};
 
 use super::{Global, open_store};
@@ -68,6 +68,39 @@ pub struct RunArgs {
     /// Publish a port (needs bridge networking, not yet supported)
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Memory limit (e.g. 64m, 1g)
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// Memory plus swap limit; -1 for unlimited swap
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<String>,
+    /// Number of CPUs
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// CPU shares (relative weight)
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    /// CPUs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    /// Tune the container's pids limit (-1 for unlimited)
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// Ulimit options (NAME=SOFT[:HARD], e.g. nofile=1024:2048)
+    #[arg(long = "ulimit")]
+    ulimits: Vec<String>,
+    /// Add Linux capabilities
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    /// Drop Linux capabilities
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    /// Give extended privileges to this container
+    #[arg(long)]
+    privileged: bool,
+    /// Security options: seccomp=unconfined|PROFILE.json, no-new-privileges[=true|false]
+    #[arg(long = "security-opt")]
+    security_opts: Vec<String>,
     /// The image
     image: String,
     /// The command and its arguments (replace the image's CMD)
@@ -131,6 +164,10 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         Ok(mounts) => mounts,
         Err(message) => return output::error(message),
     };
+    let (resources, ulimits, seccomp, no_new_privileges) = match limits(&args) {
+        Ok(parsed) => parsed,
+        Err(message) => return output::error(message),
+    };
     let store = match open_store(global) {
         Ok(store) => store,
         Err(exit) => return exit,
@@ -191,6 +228,14 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
     }
     let dir = store.container_dir(&record.id);
     let spec = Spec {
+        id: record.id.clone(),
+        resources,
+        ulimits,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        privileged: args.privileged,
+        seccomp,
+        no_new_privileges,
         container_dir: dir.clone(),
         lower_dirs: image
             .layers
@@ -224,13 +269,14 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         }
     };
     let result = kiln_runtime::run(&spec, &program, &[INIT_MARKER], Io::inherit());
-    let (code, failure) = match &result {
-        Ok(exit) => (exit.code(), None),
-        Err(error) => (error.exit_code(), Some(error)),
+    let (code, oom_killed, failure) = match &result {
+        Ok(outcome) => (outcome.code(), outcome.oom_killed, None),
+        Err(error) => (error.exit_code(), false, Some(error)),
     };
     let finished = ContainerState {
         status: Status::Exited,
         exit_code: code,
+        oom_killed,
         finished_at: Some(kiln_cache::import::creation_time()),
         ..running
     };
@@ -248,6 +294,89 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         output::err(&format!("kiln: {error}\n"));
     }
     Exit::Code(u8::try_from(code.clamp(0, 255)).unwrap_or(125))
+}
+
+/// The resource limits, ulimits and security options of `run`.
+fn limits(args: &RunArgs) -> Result<(Resources, Vec<Ulimit>, Seccomp, bool), String> {
+    let resources = Resources {
+        memory: args
+            .memory
+            .as_deref()
+            .map(ram_in_bytes)
+            .transpose()?
+            .map(|bytes| bytes.max(0) as u64),
+        memory_swap: args.memory_swap.as_deref().map(ram_in_bytes).transpose()?,
+        cpus: args.cpus,
+        cpu_shares: args.cpu_shares,
+        cpuset_cpus: args.cpuset_cpus.clone(),
+        pids_limit: args.pids_limit,
+    };
+    let ulimits = args
+        .ulimits
+        .iter()
+        .map(|text| {
+            text.parse::<Ulimit>()
+                .map_err(|error| format!("invalid --ulimit {text:?}: {error}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seccomp = Seccomp::Default;
+    let mut no_new_privileges = false;
+    for option in &args.security_opts {
+        let (key, value) = option
+            .split_once(['=', ':'])
+            .unwrap_or((option.as_str(), ""));
+        match key {
+            "seccomp" if value == "unconfined" => seccomp = Seccomp::Unconfined,
+            "seccomp" => {
+                let profile = std::fs::read_to_string(value).map_err(|error| {
+                    format!("opening seccomp profile ({value}) failed: {error}")
+                })?;
+                seccomp = Seccomp::Profile(profile);
+            }
+            "no-new-privileges" => {
+                no_new_privileges = match value {
+                    "" | "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(format!(
+                            "invalid --security-opt no-new-privileges value {other:?}"
+                        ));
+                    }
+                };
+            }
+            _ => {
+                return Err(format!(
+                    "invalid --security-opt {option:?}: kiln supports seccomp= and no-new-privileges"
+                ));
+            }
+        }
+    }
+    Ok((resources, ulimits, seccomp, no_new_privileges))
+}
+
+/// Docker's `RAMInBytes`: `512`, `64k`, `32m`, `1g` (binary units, case-insensitive, optional
+/// `b`); `-1` is kept (unlimited swap).
+fn ram_in_bytes(text: &str) -> Result<i64, String> {
+    let invalid = || format!("invalid size: '{text}'");
+    if text == "-1" {
+        return Ok(-1);
+    }
+    let lower = text.trim().to_ascii_lowercase();
+    let number_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(number_end);
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    let multiplier: f64 = match unit.trim_end_matches('b') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0_f64.powi(4),
+        "p" => 1024.0_f64.powi(5),
+        _ => return Err(invalid()),
+    };
+    Ok((value * multiplier) as i64)
 }
 
 /// `-v HOST:CONTAINER[:ro|rw]` (a host path; named volumes come later).
@@ -432,6 +561,8 @@ pub fn rm(global: &Global, args: RmArgs) -> Exit {
                     record.name
                 )));
             }
+            // A run killed with kill -9 may leave its (empty) cgroup behind.
+            let _ = kiln_runtime::remove_cgroup(&record.id);
             store.remove_container(&record.id).map(Ok)
         });
         match result {

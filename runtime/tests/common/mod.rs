@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln_runtime::{Exit, Io, Network, RuntimeError, Spec};
+use kiln_runtime::{Exit, Io, Network, Outcome, RuntimeError, Spec};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const INIT: &str = env!("CARGO_BIN_EXE_kiln-runtime-test-init");
@@ -62,6 +62,7 @@ impl Fixture {
             std::fs::create_dir(root.join(sub)).unwrap();
         }
         let spec = Spec {
+            id: unique_id(),
             container_dir: root.join("container"),
             lower_dirs: vec![lower],
             upper_dir: root.join("upper"),
@@ -74,6 +75,13 @@ impl Fixture {
             network: Network::None,
             read_only: false,
             mounts: vec![],
+            resources: Default::default(),
+            ulimits: vec![],
+            cap_add: vec![],
+            cap_drop: vec![],
+            privileged: false,
+            seccomp: Default::default(),
+            no_new_privileges: false,
         };
         Fixture { dir, spec }
     }
@@ -89,22 +97,43 @@ impl Fixture {
     }
 
     /// Runs the spec with stdout and stderr captured in files.
-    pub fn run(&self) -> Outcome {
+    pub fn run(&self) -> RunOutput {
         run_spec(&self.spec, self.dir.path())
     }
 }
 
-pub struct Outcome {
-    pub result: Result<Exit, RuntimeError>,
+/// A container id unique to this test process and call (it names the cgroup `kiln/<id>`).
+pub fn unique_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("kiln-test-{}-{n}", std::process::id())
+}
+
+pub struct RunOutput {
+    pub result: Result<Outcome, RuntimeError>,
     pub stdout: String,
     pub stderr: String,
 }
 
-impl Outcome {
+impl RunOutput {
+    /// The exit status; panics (with the output) on a runtime error.
+    pub fn exit(&self) -> Exit {
+        match &self.result {
+            Ok(outcome) => outcome.exit,
+            Err(error) => panic!(
+                "run failed: {error}\nstdout: {}\nstderr: {}",
+                self.stdout, self.stderr
+            ),
+        }
+    }
+
     /// Asserts exit 0 and returns stdout.
     pub fn success(self) -> String {
         match self.result {
-            Ok(Exit::Code(0)) => self.stdout,
+            Ok(Outcome {
+                exit: Exit::Code(0),
+                ..
+            }) => self.stdout,
             other => panic!(
                 "expected exit 0, got {other:?}\nstdout: {}\nstderr: {}",
                 self.stdout, self.stderr
@@ -115,7 +144,7 @@ impl Outcome {
 
 static OUTPUT_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-pub fn run_spec(spec: &Spec, scratch: &Path) -> Outcome {
+pub fn run_spec(spec: &Spec, scratch: &Path) -> RunOutput {
     let n = OUTPUT_COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let stdout_path = scratch.join(format!("stdout-{n}"));
     let stderr_path = scratch.join(format!("stderr-{n}"));
@@ -125,7 +154,7 @@ pub fn run_spec(spec: &Spec, scratch: &Path) -> Outcome {
         stderr: File::create(&stderr_path).unwrap().into(),
     };
     let result = kiln_runtime::run(spec, Path::new(INIT), INIT_ARGS, io);
-    Outcome {
+    RunOutput {
         result,
         stdout: std::fs::read_to_string(&stdout_path).unwrap(),
         stderr: std::fs::read_to_string(&stderr_path).unwrap(),
