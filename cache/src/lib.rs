@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod blob;
+pub mod changes;
 pub mod container;
 pub mod digest;
 pub mod image;

@@ -81,6 +81,14 @@ enum Command {
     Ps(commands::container::PsArgs),
     /// Remove one or more containers
     Rm(commands::container::RmArgs),
+    /// Create a new image from a container's changes
+    Commit(commands::changes::CommitArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(commands::changes::DiffArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(commands::changes::CpArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(commands::changes::ExportArgs),
     /// Show the kiln version information
     Version(commands::version::Args),
     /// Display system-wide information
@@ -159,6 +167,10 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::container::run(global, *args),
         Command::Ps(args) => commands::container::ps(global, args),
         Command::Rm(args) => commands::container::rm(global, args),
+        Command::Commit(args) => commands::changes::commit(global, args),
+        Command::Diff(args) => commands::changes::diff(global, args),
+        Command::Cp(args) => commands::changes::cp(global, args),
+        Command::Export(args) => commands::changes::export(global, args),
         Command::Version(args) => commands::version::version(args),
         Command::Info(args) => commands::version::info(global, args),
     };
