@@ -726,3 +726,110 @@ fn archives_without_images_are_refused() {
         Err(ArchiveError::NoImage)
     ));
 }
+
+/// A layer of pseudo-random text files (compressible, but not trivially), so that gzip takes a
+/// while and layers overlap as they compress.
+fn text_layer(seed: u64, files: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut tar = TarBuilder::new().directory(&format!("layer{seed}/"));
+    for file in 0..files {
+        let mut content = String::new();
+        for _ in 0..2_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            content.push_str(&format!("{:x} ", state >> 44));
+        }
+        tar = tar.file(&format!("layer{seed}/{file}.txt"), content.as_bytes());
+    }
+    tar.finish()
+}
+
+/// Reads at most `size` bytes at a time, as a pipe may.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    size: usize,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let wanted = buf.len().min(self.size);
+        self.bytes.read(&mut buf[..wanted])
+    }
+}
+
+/// Uncompressed layers are gzipped on threads of their own, up to one per CPU, while the
+/// archive is read on. Their blobs are digests, so they must depend on the layers' bytes only:
+/// not on how the archive arrives (a file, a pipe with short reads) nor on the threads. kiln
+/// before 2026-11-26 compressed each read as it came, and zlib-rs's output depends on how its
+/// input is split: the same archive read from a file and from a pipe gave other blobs.
+#[test]
+fn uncompressed_layers_get_the_same_blobs_however_the_archive_arrives() {
+    // More layers than CPUs (up to a point), so that some wait for a compressor to be free.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let layers: Vec<Vec<u8>> = (0..(cpus + 3).min(20) as u64)
+        .map(|seed| text_layer(seed, 40))
+        .collect();
+    let bytes = legacy_archive(&[(&layers, &["many:1"])], config);
+    let dir = tempfile::tempdir().unwrap();
+    let mut loaded_blobs = Vec::new();
+    for (name, size) in [("whole", bytes.len()), ("pipe", 4096), ("odd", 1000)] {
+        let mut target = store(dir.path(), name);
+        let reader = Trickle {
+            bytes: &bytes,
+            size,
+        };
+        let loaded = archive::load(&mut target, reader, &LoadOptions::default()).unwrap();
+        let image = target.image(&loaded[0].id).unwrap();
+        let blobs: Vec<Digest> = image.layers.iter().map(|layer| layer.blob).collect();
+        // Each blob is its own layer, gzipped.
+        for (blob, layer) in blobs.iter().zip(&layers) {
+            let mut unzipped = Vec::new();
+            flate2::read::GzDecoder::new(target.blobs().read(blob).unwrap().as_slice())
+                .read_to_end(&mut unzipped)
+                .unwrap();
+            assert!(unzipped == *layer, "blob {blob} holds another layer");
+        }
+        assert!(target.check().unwrap().is_empty());
+        // No spill file or snapshot is left behind.
+        assert_eq!(fs::read_dir(target.layout().tmp()).unwrap().count(), 0);
+        loaded_blobs.push((image.manifest, blobs));
+    }
+    assert_eq!(loaded_blobs[0], loaded_blobs[1]);
+    assert_eq!(loaded_blobs[0], loaded_blobs[2]);
+}
+
+/// An archive may hold a name twice; as when extracting it, the later entry wins, even when the
+/// earlier one is a layer still being compressed.
+#[test]
+fn a_later_entry_replaces_a_layer_of_the_same_name_still_compressing() {
+    let first = text_layer(1, 40);
+    let second = layer(&[("etc/which", "second\n")]);
+    let config_bytes = config(&[Digest::of(&second)]);
+    let config_name = format!("{}.json", Digest::of(&config_bytes).hex());
+    let bytes = TarBuilder::new()
+        .file("l/layer.tar", &first)
+        .file("l/layer.tar", &second)
+        .file(&config_name, &config_bytes)
+        .file(
+            "manifest.json",
+            serde_json::json!([{"Config": config_name, "RepoTags": ["twice:1"], "Layers": ["l/layer.tar"]}])
+                .to_string()
+                .as_bytes(),
+        )
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = store(dir.path(), "target");
+    let loaded = load(&mut target, &bytes).unwrap();
+    let image = target.image(&loaded[0].id).unwrap();
+    assert_eq!(
+        fs::read_to_string(
+            target
+                .snapshot_path(&image.layers[0].chain_id)
+                .join("etc/which")
+        )
+        .unwrap(),
+        "second\n"
+    );
+    assert_eq!(fs::read_dir(target.layout().tmp()).unwrap().count(), 0);
+}

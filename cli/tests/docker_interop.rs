@@ -149,7 +149,13 @@ impl Fixture {
         fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
         let tar = self.path("rootfs.tar");
         run(Process::new("tar")
-            .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "-C"])
+            .args([
+                "--sort=name",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-C",
+            ])
             .arg(&rootfs)
             .arg("-cf")
             .arg(&tar)
@@ -203,23 +209,23 @@ const MULTI_OUTPUT: &str = "k\nk\nnew\nsym\ngone\nhello\n";
 /// `null`, empty): the image config omits them (Go's `omitempty`), `docker inspect` fills them in.
 fn without_zero_values(value: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
-    match value {
-        Value::Object(members) => Value::Object(
-            members
-                .into_iter()
-                .map(|(key, value)| (key, without_zero_values(value)))
-                .filter(|(_, value)| match value {
-                    Value::Null => false,
-                    Value::Bool(value) => *value,
-                    Value::String(value) => !value.is_empty(),
-                    Value::Array(values) => !values.is_empty(),
-                    Value::Object(members) => !members.is_empty(),
-                    Value::Number(_) => true,
-                })
-                .collect(),
-        ),
-        other => other,
-    }
+    let Value::Object(members) = value else {
+        return value;
+    };
+    Value::Object(
+        members
+            .into_iter()
+            .map(|(key, value)| (key, without_zero_values(value)))
+            .filter(|(_, value)| match value {
+                Value::Null => false,
+                Value::Bool(value) => *value,
+                Value::String(value) => !value.is_empty(),
+                Value::Array(values) => !values.is_empty(),
+                Value::Object(members) => !members.is_empty(),
+                Value::Number(_) => true,
+            })
+            .collect(),
+    )
 }
 
 /// Paths Docker's init layer adds to every container that lacks them (moby `daemon/initlayer`,
@@ -321,7 +327,11 @@ impl Drop for Mounted {
 /// The first bytes of every layer blob an archive's `manifest.json` names.
 fn layer_magic(archive: &Path, into: &Path) -> Vec<Vec<u8>> {
     fs::create_dir_all(into).unwrap();
-    run(Process::new("tar").arg("-xf").arg(archive).arg("-C").arg(into));
+    run(Process::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into));
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(into.join("manifest.json")).unwrap()).unwrap();
     manifest[0]["Layers"]
@@ -376,7 +386,11 @@ fn docker_save_then_kiln_load_and_save_then_docker_load_keeps_image_and_file_sys
         .join(docker(&["info", "--format", "{{.Driver}}"]).trim())
         .join("layerdb/sha256")
         .join(top_chain_id);
-    assert!(!layer_db.exists(), "Docker still has {}", layer_db.display());
+    assert!(
+        !layer_db.exists(),
+        "Docker still has {}",
+        layer_db.display()
+    );
     assert_eq!(
         docker(&["load", "-i", to_docker.to_str().unwrap()]),
         format!("Loaded image: {multi}\n")
@@ -469,10 +483,12 @@ fn gzipped_docker_save_of_two_images_sharing_layers_loads_with_both_tags() {
     let mut images = Images(Vec::new());
     let (base, multi) = fixture.docker_images(Builder::BuildKit, &mut images);
     let archive = fixture.path("two.tar.gz");
-    run(Process::new("bash").args(["-o", "pipefail", "-c"]).arg(format!(
-        "{DOCKER} save {multi} {base} | gzip > {}",
-        archive.display()
-    )));
+    run(Process::new("bash")
+        .args(["-o", "pipefail", "-c"])
+        .arg(format!(
+            "{DOCKER} save {multi} {base} | gzip > {}",
+            archive.display()
+        )));
 
     let printed = fixture.kiln_stdout(&["load", "-i", archive.to_str().unwrap()]);
     let mut printed: Vec<&str> = printed.lines().collect();
@@ -494,7 +510,12 @@ fn gzipped_docker_save_of_two_images_sharing_layers_loads_with_both_tags() {
     }
     // The shared layer is one snapshot: base's only lower directory is multi's bottom one.
     let lower = |image: &str| {
-        fixture.kiln_stdout(&["inspect", "--format", "{{.GraphDriver.Data.LowerDir}}", image])
+        fixture.kiln_stdout(&[
+            "inspect",
+            "--format",
+            "{{.GraphDriver.Data.LowerDir}}",
+            image,
+        ])
     };
     let multi_lower = lower(&multi);
     assert_eq!(

@@ -4,7 +4,8 @@
 //! content says, not for what their names say: small JSON documents are kept in memory (configs,
 //! manifests, indexes, `manifest.json`), and everything else is tried as a layer as it streams
 //! by: hashed as it is (its digest), stored as a blob (as it is when gzip or zstd, otherwise
-//! compressed as `LoadOptions::plain_layers` says), decompressed, hashed again (its diff ID) and
+//! compressed as `LoadOptions::plain_layers` says, on threads of their own that follow behind
+//! through spill files: see `Compressing`), decompressed, hashed again (its diff ID) and
 //! applied into a fresh snapshot directory in the store's `tmp/`. Only when the whole archive has
 //! been read are `manifest.json` or `index.json` consulted; then every digest is checked (blob
 //! names, descriptors, the config's diff IDs) before anything is recorded. Entry names serve only
@@ -14,17 +15,20 @@
 //! `blobs/` before `manifest.json`. The cost: a blob that is not a layer of a loaded image (an
 //! image of another platform, an attestation) is unpacked for nothing, and its snapshot discarded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs;
 use std::io::{self, Read, Write};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
 
 use serde::Deserialize;
 
 use super::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, ArchiveError, DockerItem, blob_path};
-use crate::blob::{BlobWriter, Stored};
+use crate::blob::Stored;
 use crate::digest::{Digest, DigestWriter};
 use crate::image::{self, Descriptor, Index, Manifest, RootFs};
 use crate::layer::{
@@ -108,7 +112,7 @@ pub fn load(
                     Some(_) | None => "",
                 };
                 if let Some(target) = normalize(&format!("{base}/{target}")) {
-                    entries.map.insert(name, Entry::Link(target));
+                    entries.insert(name, Entry::Link(target));
                 }
             }
         }
@@ -206,10 +210,69 @@ struct Layer {
     snapshot: Option<tempfile::TempDir>,
 }
 
+/// A [`Layer`] before its blob is known.
+#[derive(Debug)]
+struct Unpacked {
+    digest: Digest,
+    size: u64,
+    media_type: &'static str,
+    diff_id: Digest,
+    unpacked: u64,
+    snapshot: Option<tempfile::TempDir>,
+}
+
+impl Unpacked {
+    fn with_blob(self, blob: Stored) -> Layer {
+        Layer {
+            digest: self.digest,
+            size: self.size,
+            blob,
+            media_type: self.media_type,
+            diff_id: self.diff_id,
+            unpacked: self.unpacked,
+            snapshot: self.snapshot,
+        }
+    }
+}
+
+/// A layer whose blob is still being compressed.
+#[derive(Debug)]
+struct Pending {
+    unpacked: Unpacked,
+    compressing: Compressing,
+}
+
+impl Pending {
+    fn wait(self) -> Result<Entry, ArchiveError> {
+        let blob = self.compressing.wait()?;
+        Ok(Entry::Layer(Box::new(self.unpacked.with_blob(blob))))
+    }
+}
+
+/// What reading an entry as a layer gave.
+#[derive(Debug)]
+enum Ingested {
+    Done(Entry),
+    Compressing(Pending),
+}
+
 #[derive(Debug, Default)]
 struct Entries {
     map: BTreeMap<String, Entry>,
     json_bytes: usize,
+    /// Layers still compressing, oldest first; they join `map` once their blob is stored.
+    compressing: VecDeque<(String, Pending)>,
+}
+
+impl Drop for Entries {
+    /// Loading stopped early: wait for the layers still compressing (their spill files are
+    /// complete or closed, so this is bounded), so that no blob is written after [`load`]
+    /// returns and releases the store's ingest lock. Their blobs are left to garbage collection.
+    fn drop(&mut self) {
+        for (_, pending) in self.compressing.drain(..) {
+            let _ = pending.compressing.0.join();
+        }
+    }
 }
 
 /// Passes the bytes read through on to a writer too.
@@ -282,15 +345,67 @@ impl Entries {
                 return Ok(());
             }
         }
+        // One compressing thread per CPU at most (they are CPU-bound), and so at most that
+        // many uncompressed layers in spill files.
+        let limit = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        while self.compressing.len() >= limit {
+            self.settle_oldest()?;
+        }
         let detected = DetectedCompression::detect(&head);
-        let entry = ingest_layer(
+        match ingest_layer(
             store,
             options,
             detected,
             io::Cursor::new(head).chain(reader),
-        )?;
-        self.map.insert(name, entry);
+        )? {
+            Ingested::Done(entry) => self.insert(name, entry),
+            Ingested::Compressing(pending) => {
+                self.forget_compressing(&name);
+                self.compressing.push_back((name, pending));
+            }
+        }
         Ok(())
+    }
+
+    /// Records an entry under its name; a later entry of the same name replaces an earlier one,
+    /// as it would when extracting the archive.
+    fn insert(&mut self, name: String, entry: Entry) {
+        self.forget_compressing(&name);
+        self.map.insert(name, entry);
+    }
+
+    /// Forgets a layer of this name still compressing, waiting for its thread so that nothing
+    /// goes on behind the caller's back. Its blob, if stored, is left to garbage collection.
+    fn forget_compressing(&mut self, name: &str) {
+        while let Some(position) = self
+            .compressing
+            .iter()
+            .position(|(pending, _)| pending == name)
+        {
+            if let Some((_, pending)) = self.compressing.remove(position) {
+                let _ = pending.compressing.wait();
+            }
+        }
+    }
+
+    /// Waits for the oldest layer still compressing, and records it.
+    fn settle_oldest(&mut self) -> Result<(), ArchiveError> {
+        if let Some((name, pending)) = self.compressing.pop_front() {
+            let entry = pending.wait()?;
+            self.map.insert(name, entry);
+        }
+        Ok(())
+    }
+
+    /// Waits for every layer still compressing. On an error, the others are still waited for.
+    fn settle(&mut self) -> Result<(), ArchiveError> {
+        let mut first_error = None;
+        while !self.compressing.is_empty() {
+            if let Err(error) = self.settle_oldest() {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The entry a name leads to, following links; with the name it was found under.
@@ -393,12 +508,16 @@ fn check(
 
 /// Stores and unpacks one entry as a layer. A failure to read it as a layer is not an error
 /// yet (the entry may be something else), but a failure to read the archive is.
+///
+/// A layer that needs compressing (an uncompressed one, by default) is compressed on a thread
+/// of its own, which follows the tar through a spill file while this thread goes on reading
+/// the archive: see [`Compressing`].
 fn ingest_layer(
     store: &Store,
     options: &LoadOptions,
     detected: DetectedCompression,
     reader: impl Read,
-) -> Result<Entry, ArchiveError> {
+) -> Result<Ingested, ArchiveError> {
     let (as_is, stored) = match detected {
         DetectedCompression::Gzip => (true, Compression::Gzip),
         DetectedCompression::Zstd => (true, Compression::Zstd),
@@ -414,53 +533,65 @@ fn ingest_layer(
     } else {
         None
     };
-    let recompressed = if as_is {
-        None
+    let (spill, compressing) = if as_is {
+        (None, None)
     } else {
-        Some(Compressor::new(stored, store.blobs().writer()?).map_err(LayerError::Output)?)
+        let (spill, compressing) = Compressing::start(store, stored)?;
+        (Some(spill), Some(compressing))
     };
     let mut raw = Tee {
         inner: reader,
         copy: DigestWriter::new(Optional(raw_blob)),
     };
     let prepared = store.prepare_snapshot()?;
-    let unpacked = unpack(&prepared, &mut raw, recompressed);
+    let unpacked = unpack(&prepared, &mut raw, spill);
     // Whatever happened, read the entry to its end: its digest identifies it.
     io::copy(&mut raw, &mut io::sink()).map_err(ArchiveError::Read)?;
     let (digest, size, Optional(raw_blob)) = raw.copy.finish();
-    let (stats, diff_id, recompressed) = match unpacked {
+    let (stats, diff_id) = match unpacked {
         Ok(unpacked) => unpacked,
         Err(error) => {
-            return Ok(Entry::NotALayer {
+            // The spill file was closed unfinished: the compressing thread stops with an
+            // error, which says nothing more than `error` does.
+            if let Some(compressing) = compressing {
+                let _ = compressing.wait();
+            }
+            return Ok(Ingested::Done(Entry::NotALayer {
                 error: Arc::new(error),
-            });
+            }));
         }
     };
-    let Some(writer) = recompressed.or(raw_blob) else {
-        return Err(ArchiveError::Write(io::Error::other("no blob writer")));
-    };
-    let blob = writer.commit()?;
-    Ok(Entry::Layer(Box::new(Layer {
+    let unpacked = Unpacked {
         digest,
         size,
-        blob,
         media_type: stored.media_type(),
         diff_id,
         unpacked: stats.bytes,
         snapshot: Some(prepared),
-    })))
+    };
+    match (compressing, raw_blob) {
+        (Some(compressing), _) => Ok(Ingested::Compressing(Pending {
+            unpacked,
+            compressing,
+        })),
+        (None, Some(writer)) => Ok(Ingested::Done(Entry::Layer(Box::new(
+            unpacked.with_blob(writer.commit()?),
+        )))),
+        (None, None) => Err(ArchiveError::Write(io::Error::other("no blob writer"))),
+    }
 }
 
-/// Decompresses, hashes (the diff ID), optionally recompresses and applies a layer stream.
+/// Decompresses, hashes (the diff ID), applies a layer stream and passes the tar on to a spill
+/// file if there is one (closing it when the tar is complete).
 fn unpack(
     prepared: &tempfile::TempDir,
     raw: &mut impl Read,
-    recompressed: Option<Compressor<BlobWriter>>,
-) -> Result<(ApplyStats, Digest, Option<BlobWriter>), LayerError> {
+    spill: Option<SpillWriter>,
+) -> Result<(ApplyStats, Digest), LayerError> {
     let tar = layer::decompress(raw)?;
     let mut diff = Tee {
         inner: tar,
-        copy: DigestWriter::new(Optional(recompressed)),
+        copy: DigestWriter::new(Optional(spill)),
     };
     let stats = layer::apply_layer(
         &prepared.path().join("fs"),
@@ -469,12 +600,212 @@ fn unpack(
     )?;
     // The tar may go on past its end-of-archive blocks; the diff ID covers every byte.
     io::copy(&mut diff, &mut io::sink()).map_err(LayerError::Archive)?;
-    let (diff_id, _, Optional(compressor)) = diff.copy.finish();
-    let writer = compressor
-        .map(Compressor::finish)
+    let (diff_id, _, Optional(spill)) = diff.copy.finish();
+    spill
+        .map(SpillWriter::finish)
         .transpose()
         .map_err(LayerError::Output)?;
-    Ok((stats, diff_id, writer))
+    Ok((stats, diff_id))
+}
+
+/// How many bytes the spill file is written and read in at a time.
+const CHUNK: usize = 1 << 20;
+
+/// A layer being compressed into a blob on a thread of its own.
+///
+/// gzip at level 6 is much slower than reading, hashing and unpacking a layer (about 47 MB/s
+/// against 150 MB/s here), so it must not hold up reading the archive, and layers must compress
+/// in parallel. The archive is one stream, though, so what the compressor has not taken yet has
+/// to wait somewhere: in a spill file (an anonymous file in the store's `tmp/`), not in memory.
+/// The reading thread appends the layer's tar to it as it unpacks it; the compressing thread
+/// follows behind, waiting when it catches up. Memory stays flat (a chunk buffer on each side
+/// and the compressor's state); the disk holds at most the uncompressed tars of the layers
+/// still compressing, and [`Entries::ingest`] lets no more than one per CPU compress at once.
+///
+/// The blob is a digest, so its bytes must depend on the layer's bytes only. The compressor
+/// gets them in [`CHUNK`]-sized writes (the last one shorter), whatever the sizes of the reads
+/// that brought them and however far the reading thread is ahead: zlib-rs at level 6 (zlib-ng's
+/// `deflate_medium`) does not write the same stream for the same bytes split into different
+/// writes, so compressing each read as it came, as kiln did before, made the blob of a layer
+/// depend on whether the archive came from a file or a pipe.
+#[derive(Debug)]
+struct Compressing(thread::JoinHandle<Result<Stored, ArchiveError>>);
+
+impl Compressing {
+    /// Starts the thread; returns the end to write the tar to.
+    fn start(
+        store: &Store,
+        compression: Compression,
+    ) -> Result<(SpillWriter, Compressing), ArchiveError> {
+        let file = tempfile::tempfile_in(store.layout().tmp()).map_err(ArchiveError::Write)?;
+        let spill = Arc::new(Spill {
+            file,
+            progress: Mutex::new(Progress::default()),
+            grown: Condvar::new(),
+        });
+        let compressor =
+            Compressor::new(compression, store.blobs().writer()?).map_err(LayerError::Output)?;
+        let mut reader = SpillReader {
+            spill: spill.clone(),
+            offset: 0,
+        };
+        let thread = thread::Builder::new()
+            .name("kiln-compress".to_string())
+            .spawn(move || {
+                let mut compressor = compressor;
+                let mut buffer = Vec::with_capacity(CHUNK);
+                loop {
+                    buffer.clear();
+                    (&mut reader)
+                        .take(CHUNK as u64)
+                        .read_to_end(&mut buffer)
+                        .map_err(LayerError::Output)?;
+                    if buffer.is_empty() {
+                        break;
+                    }
+                    compressor.write_all(&buffer).map_err(LayerError::Output)?;
+                }
+                let writer = compressor.finish().map_err(LayerError::Output)?;
+                Ok(writer.commit()?)
+            })
+            .map_err(ArchiveError::Write)?;
+        let writer = SpillWriter {
+            spill,
+            buffer: Vec::with_capacity(CHUNK),
+            written: 0,
+            finished: false,
+        };
+        Ok((writer, Compressing(thread)))
+    }
+
+    /// Waits for the blob. A panic on the thread goes on here.
+    fn wait(self) -> Result<Stored, ArchiveError> {
+        match self.0.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// The file a layer's tar waits in for its compressor, and how far it is written.
+#[derive(Debug)]
+struct Spill {
+    file: fs::File,
+    progress: Mutex<Progress>,
+    /// Signalled whenever `progress` changes.
+    grown: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// Bytes written and readable.
+    written: u64,
+    /// `Some(true)` once the tar is complete, `Some(false)` if it never will be.
+    end: Option<bool>,
+}
+
+impl Spill {
+    fn update(&self, change: impl FnOnce(&mut Progress)) {
+        // A poisoned lock only means the other side panicked, which `wait` passes on.
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut progress);
+        self.grown.notify_all();
+    }
+}
+
+/// The reading thread's end of a [`Spill`]. Dropped unfinished, it tells the compressor the tar
+/// will never be complete.
+struct SpillWriter {
+    spill: Arc<Spill>,
+    buffer: Vec<u8>,
+    written: u64,
+    finished: bool,
+}
+
+impl SpillWriter {
+    fn flush_buffer(&mut self) -> io::Result<()> {
+        self.spill.file.write_all_at(&self.buffer, self.written)?;
+        self.written += self.buffer.len() as u64;
+        self.buffer.clear();
+        let written = self.written;
+        self.spill.update(|progress| progress.written = written);
+        Ok(())
+    }
+
+    /// Writes what is buffered and marks the tar complete.
+    fn finish(mut self) -> io::Result<()> {
+        self.flush_buffer()?;
+        self.finished = true;
+        self.spill.update(|progress| progress.end = Some(true));
+        Ok(())
+    }
+}
+
+impl Write for SpillWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let taken = buf.len().min(CHUNK - self.buffer.len());
+        self.buffer.extend_from_slice(&buf[..taken]);
+        if self.buffer.len() == CHUNK {
+            self.flush_buffer()?;
+        }
+        Ok(taken)
+    }
+
+    /// Nothing to do: the compressor takes only what [`SpillWriter::finish`] completes.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SpillWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.spill.update(|progress| progress.end = Some(false));
+        }
+    }
+}
+
+/// The compressing thread's end of a [`Spill`]: reads what is written, waits for more.
+struct SpillReader {
+    spill: Arc<Spill>,
+    offset: u64,
+}
+
+impl Read for SpillReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = {
+            let mut progress = self
+                .spill
+                .progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            loop {
+                match (progress.written - self.offset, progress.end) {
+                    (0, Some(true)) => return Ok(0),
+                    (0, Some(false)) => {
+                        return Err(io::Error::other("the layer was not read to its end"));
+                    }
+                    (0, None) => {
+                        progress = self
+                            .spill
+                            .grown
+                            .wait(progress)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    (available, _) => break available,
+                }
+            }
+        };
+        let wanted = buf
+            .len()
+            .min(usize::try_from(available).unwrap_or(usize::MAX));
+        let read = self.spill.file.read_at(&mut buf[..wanted], self.offset)?;
+        if read == 0 && wanted > 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.offset += read as u64;
+        Ok(read)
+    }
 }
 
 /// A name made relative and free of `.` and `..` (lexically; nothing is resolved on disk).
@@ -540,6 +871,7 @@ fn parse<'a, T: Deserialize<'a>>(name: &str, bytes: &'a [u8]) -> Result<T, Archi
 
 /// Plans every image, checks every digest, then records.
 fn finish(store: &mut Store, mut entries: Entries) -> Result<Vec<LoadedImage>, ArchiveError> {
+    entries.settle()?;
     let plans = if entries.map.contains_key("manifest.json") {
         docker_plans(&entries)?
     } else if entries.map.contains_key("index.json") {
@@ -896,6 +1228,50 @@ fn snapshot_from_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(bytes: usize) -> Vec<u8> {
+        let mut data = Vec::with_capacity(bytes + 16);
+        let mut state = 1u64;
+        while data.len() < bytes {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            data.extend_from_slice(format!("{:x} ", state >> 44).as_bytes());
+        }
+        data
+    }
+
+    /// The blob of a layer compressed on its own thread is the layer compressed in `CHUNK`-sized
+    /// writes, however the bytes were written to the spill file and however far ahead.
+    #[test]
+    fn spilled_layers_compress_to_the_same_bytes_however_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let data = text(3 * CHUNK + 12_345);
+        let mut inline = Compressor::new(Compression::Gzip, Vec::new()).unwrap();
+        for chunk in data.chunks(CHUNK) {
+            inline.write_all(chunk).unwrap();
+        }
+        let expected = Digest::of(&inline.finish().unwrap());
+        for write_size in [7, 999, 4096, CHUNK + 7, data.len()] {
+            let (mut spill, compressing) = Compressing::start(&store, Compression::Gzip).unwrap();
+            for piece in data.chunks(write_size) {
+                spill.write_all(piece).unwrap();
+            }
+            spill.finish().unwrap();
+            assert_eq!(compressing.wait().unwrap().digest, expected, "{write_size}");
+        }
+    }
+
+    #[test]
+    fn a_spill_file_closed_before_its_end_fails_its_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let (mut spill, compressing) = Compressing::start(&store, Compression::Gzip).unwrap();
+        spill.write_all(&text(CHUNK + 1)).unwrap();
+        drop(spill);
+        assert!(compressing.wait().is_err());
+    }
 
     #[test]
     fn names_are_normalised_lexically_and_never_climb_out() {

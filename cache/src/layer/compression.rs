@@ -121,62 +121,127 @@ pub fn decompress<'a>(mut reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>, 
     })
 }
 
-/// The compressing end of [`write_layer`](super::write_layer)'s pipeline.
-pub(crate) enum Compressor<W: Write> {
+/// Bytes handed to the encoder at a time. The gzip (zlib-rs) and zstd encoders emit different
+/// bytes for the same data written in different pieces, and the bytes are a layer's digest: so
+/// the compressor always feeds its encoder whole chunks of this size (the last one shorter),
+/// whatever the sizes of the writes it gets.
+pub(crate) const CHUNK: usize = 1 << 20;
+
+enum Encoder<W: Write> {
     None(W),
     Gzip(flate2::write::GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
+/// The compressing end of [`write_layer`](super::write_layer)'s pipeline, and of import and
+/// load. Deterministic: the output depends only on the bytes written, not on how they were
+/// split into writes or on calls to `flush` (which does not force compressed output).
+pub(crate) struct Compressor<W: Write> {
+    encoder: Encoder<W>,
+    pending: Vec<u8>,
+}
+
 impl<W: Write> Compressor<W> {
     pub(crate) fn new(compression: Compression, inner: W) -> io::Result<Compressor<W>> {
-        Ok(match compression {
-            Compression::None => Compressor::None(inner),
+        let encoder = match compression {
+            Compression::None => Encoder::None(inner),
             // GzBuilder's defaults are what reproducibility needs: mtime 0, no file name, no
             // comment, OS byte 255 ("unknown").
-            Compression::Gzip => Compressor::Gzip(
+            Compression::Gzip => Encoder::Gzip(
                 flate2::GzBuilder::new().write(inner, flate2::Compression::new(GZIP_LEVEL)),
             ),
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(inner, ZSTD_LEVEL)?;
                 encoder.include_checksum(false)?;
                 encoder.include_contentsize(false)?;
-                Compressor::Zstd(encoder)
+                Encoder::Zstd(encoder)
             }
-        })
+        };
+        let pending = match encoder {
+            Encoder::None(_) => Vec::new(),
+            Encoder::Gzip(_) | Encoder::Zstd(_) => Vec::with_capacity(CHUNK),
+        };
+        Ok(Compressor { encoder, pending })
     }
 
-    /// Writes the trailer and returns the inner writer.
-    pub(crate) fn finish(self) -> io::Result<W> {
-        match self {
-            Compressor::None(inner) => Ok(inner),
-            Compressor::Gzip(encoder) => encoder.finish(),
-            Compressor::Zstd(encoder) => encoder.finish(),
+    fn write_pending(&mut self) -> io::Result<()> {
+        match &mut self.encoder {
+            Encoder::None(inner) => inner.write_all(&self.pending)?,
+            Encoder::Gzip(encoder) => encoder.write_all(&self.pending)?,
+            Encoder::Zstd(encoder) => encoder.write_all(&self.pending)?,
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes what is pending and the trailer, and returns the inner writer.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.write_pending()?;
+        match self.encoder {
+            Encoder::None(inner) => Ok(inner),
+            Encoder::Gzip(encoder) => encoder.finish(),
+            Encoder::Zstd(encoder) => encoder.finish(),
         }
     }
 }
 
 impl<W: Write> Write for Compressor<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::None(inner) => inner.write(buf),
-            Compressor::Gzip(encoder) => encoder.write(buf),
-            Compressor::Zstd(encoder) => encoder.write(buf),
+        if let Encoder::None(inner) = &mut self.encoder {
+            return inner.write(buf);
         }
+        let taken = buf.len().min(CHUNK - self.pending.len());
+        self.pending.extend_from_slice(&buf[..taken]);
+        if self.pending.len() == CHUNK {
+            self.write_pending()?;
+        }
+        Ok(taken)
     }
 
+    /// Flushes an uncompressed stream; a compressed one is left alone (a sync flush would change
+    /// the compressed bytes).
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::None(inner) => inner.flush(),
-            Compressor::Gzip(encoder) => encoder.flush(),
-            Compressor::Zstd(encoder) => encoder.flush(),
+        match &mut self.encoder {
+            Encoder::None(inner) => inner.flush(),
+            Encoder::Gzip(_) | Encoder::Zstd(_) => Ok(()),
         }
+    }
+}
+
+impl<W: Write> std::fmt::Debug for Compressor<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compressor")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_bytes_do_not_depend_on_how_the_input_is_written() {
+        let data: Vec<u8> = (0..3 * CHUNK + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            let whole = {
+                let mut compressor = Compressor::new(compression, Vec::new()).unwrap();
+                compressor.write_all(&data).unwrap();
+                compressor.finish().unwrap()
+            };
+            let pieces = {
+                let mut compressor = Compressor::new(compression, Vec::new()).unwrap();
+                for piece in data.chunks(1000) {
+                    compressor.write_all(piece).unwrap();
+                    compressor.flush().unwrap();
+                }
+                compressor.finish().unwrap()
+            };
+            assert_eq!(whole, pieces, "{compression:?}");
+        }
+    }
 
     #[test]
     fn media_types_round_trip() {
