@@ -381,3 +381,57 @@ fn import_downloads_a_url() {
         .code(125)
         .stderr(predicate::str::contains("404"));
 }
+
+#[test]
+fn version_and_info_report_the_store_with_format() {
+    let fixture = Fixture::new();
+    fixture.import("app:1", &[]);
+    let version = stdout(fixture.kiln().args([
+        "version",
+        "--format",
+        "{{.Client.StoreVersion}} {{.Client.Os}}",
+    ]));
+    assert_eq!(version, "1 linux\n");
+    let text = stdout(fixture.kiln().arg("version"));
+    assert!(
+        text.contains("Store version:") && text.contains("Cgroup version:"),
+        "{text}"
+    );
+    let info = stdout(fixture.kiln().args([
+        "info",
+        "--format",
+        "{{.Images}} {{.Driver}} {{json .StoreVersion}}",
+    ]));
+    assert_eq!(info, "1 overlay 1\n");
+    let text = stdout(fixture.kiln().arg("info"));
+    assert!(
+        text.contains(&format!("Root Dir: {}", fixture.root().display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn system_prune_removes_unused_images_with_all() {
+    let fixture = Fixture::new();
+    fixture.import("app:1", &[]);
+    let dangling = fixture.import("", &["-m", "other"]);
+    let pruned = stdout(fixture.kiln().args(["system", "prune", "-f"]));
+    assert!(pruned.contains(&format!("deleted: {dangling}")), "{pruned}");
+    assert!(pruned.contains("Total reclaimed space:"), "{pruned}");
+    assert_eq!(
+        stdout(fixture.kiln().args(["images", "-q"]))
+            .lines()
+            .count(),
+        1
+    );
+    stdout(fixture.kiln().args(["system", "prune", "-a", "-f"]));
+    assert_eq!(stdout(fixture.kiln().args(["images", "-q"])), "");
+    assert_eq!(
+        fs::read_dir(fixture.root().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0,
+        "every blob collected"
+    );
+    fixture.kiln().args(["system", "check"]).assert().success();
+}
