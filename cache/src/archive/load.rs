@@ -622,12 +622,10 @@ const CHUNK: usize = 1 << 20;
 /// and the compressor's state); the disk holds at most the uncompressed tars of the layers
 /// still compressing, and [`Entries::ingest`] lets no more than one per CPU compress at once.
 ///
-/// The blob is a digest, so its bytes must depend on the layer's bytes only. The compressor
-/// gets them in [`CHUNK`]-sized writes (the last one shorter), whatever the sizes of the reads
-/// that brought them and however far the reading thread is ahead: zlib-rs at level 6 (zlib-ng's
-/// `deflate_medium`) does not write the same stream for the same bytes split into different
-/// writes, so compressing each read as it came, as kiln did before, made the blob of a layer
-/// depend on whether the archive came from a file or a pipe.
+/// The blob is a digest, so its bytes must depend on the layer's bytes only: the
+/// [`Compressor`] feeds its encoder fixed-size chunks whatever the sizes of the writes it gets
+/// (zlib-rs at level 6 does not write the same stream for the same bytes split differently), so
+/// the blob does not depend on whether the archive came from a file or a pipe.
 #[derive(Debug)]
 struct Compressing(thread::JoinHandle<Result<Stored, ArchiveError>>);
 
