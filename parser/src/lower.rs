@@ -463,10 +463,20 @@ fn lower(logical: &Logical<'_>, node: &Node) -> Result<Statement, ParseError> {
                         inner_keyword.span,
                     ));
                 }
-                "from" | "maintainer" => {
+                "from" => {
                     return Err(ParseError::new(
                         ErrorKind::OnbuildTrigger(inner.name.to_ascii_uppercase()),
                         inner_keyword.span,
+                    )
+                    .with_hint("a build that uses this image as its base chooses that base with its own FROM; ONBUILD can only add instructions after it"));
+                }
+                "maintainer" => {
+                    return Err(ParseError::new(
+                        ErrorKind::OnbuildTrigger(inner.name.to_ascii_uppercase()),
+                        inner_keyword.span,
+                    )
+                    .with_hint(
+                        "use ONBUILD LABEL org.opencontainers.image.authors=\"...\" instead",
                     ));
                 }
                 _ => {}
