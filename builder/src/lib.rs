@@ -5,7 +5,8 @@
 //! sandbox" that `run` and the build's RUN steps share. So far: how the image-config
 //! instructions (CMD, ENV, EXPOSE, ...) change an image's config ([`config`]), which
 //! `kiln import -c` uses and the build will use for the same instructions, and what a container
-//! runs by Docker's rules ([`container`]).
+//! runs by Docker's rules ([`container`]), and `.dockerignore` matching ([`ignore`]).
 
 pub mod config;
 pub mod container;
+pub mod ignore;

@@ -1,7 +1,11 @@
-//! `kiln check`: parse and lint a Dockerfile, as `docker build --check` does.
+//! `kiln check`: parse and lint a Dockerfile, as `docker build --check` does, with the
+//! context's `.dockerignore` for CopyIgnoredFile.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_builder::ignore;
 
 use kiln_parser::lint::{self, CheckConfig, LintOptions};
 
@@ -45,7 +49,21 @@ pub fn run(args: Args) -> Exit {
         Ok(config) => config.unwrap_or_default(),
         Err(error) => return output::error(format!("invalid --check settings: {error}")),
     };
-    let options = LintOptions { config, build_args };
+    // A Dockerfile from stdin has no `<Dockerfile>.dockerignore` beside it.
+    let beside = if path == Path::new("-") {
+        Path::new("")
+    } else {
+        path.as_path()
+    };
+    let ignore = match ignore::read_for(beside, &args.context) {
+        Ok(matcher) => matcher.map(|matcher| Arc::new(matcher) as Arc<dyn lint::IgnoreMatcher>),
+        Err(error) => return output::error_of(&error),
+    };
+    let options = LintOptions {
+        config,
+        build_args,
+        ignore,
+    };
     let effective = lint::check_config(&partial.dockerfile, &options);
     let (warnings, as_errors) = match effective.and_then(|config| {
         lint::lint(&partial.dockerfile, &options)

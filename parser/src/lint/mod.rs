@@ -5,9 +5,10 @@
 //! the check configuration from the `# check=` directive, the `BUILDKIT_DOCKERFILE_CHECK` build
 //! argument, `# check=` comments right above an instruction and the caller.
 //!
-//! Does not own: rules that need the outside world. CopyIgnoredFile needs the build context's
-//! `.dockerignore` matcher and InvalidBaseImagePlatform the base image's metadata; both are left
-//! to the builder. Base images are not resolved, so a stage built on an image starts with
+//! Does not own: the outside world. CopyIgnoredFile asks the caller's [`IgnoreMatcher`] (the
+//! builder's `.dockerignore` matcher; this crate cannot read the build context) and runs only
+//! when one is given; InvalidBaseImagePlatform needs the base image's metadata and is left to
+//! the builder. Base images are not resolved, so a stage built on an image starts with
 //! Docker's default `PATH` as its only environment variable, where BuildKit would see the
 //! image's whole environment.
 //!
@@ -27,6 +28,8 @@ mod rules;
 mod stages;
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -39,14 +42,30 @@ pub use rules::Rule;
 /// BUILDKIT_DOCKERFILE_CHECK=skip=all`), as in BuildKit.
 pub const CHECK_BUILD_ARG: &str = "BUILDKIT_DOCKERFILE_CHECK";
 
-/// What the caller adds to the Dockerfile: check settings from the command line and the build
-/// arguments (`--build-arg`), which give ARGs their values.
+/// What the caller adds to the Dockerfile: check settings from the command line, the build
+/// arguments (`--build-arg`), which give ARGs their values, and the build context's
+/// `.dockerignore`.
 #[derive(Debug, Clone, Default)]
 pub struct LintOptions {
     /// Settings over the Dockerfile's own (see [`check_config`]).
     pub config: CheckConfig,
     /// `--build-arg` values, [`CHECK_BUILD_ARG`] included.
     pub build_args: BTreeMap<String, String>,
+    /// The `.dockerignore` of the build context, if it has one; CopyIgnoredFile runs only with
+    /// it, as in BuildKit.
+    pub ignore: Option<Arc<dyn IgnoreMatcher>>,
+}
+
+/// The build context's `.dockerignore`, as CopyIgnoredFile needs it (implemented by the
+/// builder's matcher; tests may supply their own).
+pub trait IgnoreMatcher: fmt::Debug + Send + Sync {
+    /// Whether `path` (relative to the context root, `/`-separated, cleaned) is excluded from
+    /// the context: patternmatcher's `MatchesOrParentMatches`.
+    fn is_ignored(&self, path: &str) -> bool;
+
+    /// Whether any pattern is an exception (`!pattern`). BuildKit skips CopyIgnoredFile then:
+    /// an excluded directory may still hold re-included files.
+    fn has_exclusions(&self) -> bool;
 }
 
 /// One finding. `span` is the instruction the rule points at (for NoEmptyContinuation, the
@@ -123,7 +142,8 @@ pub fn check_config(
 pub fn lint(dockerfile: &Dockerfile, options: &LintOptions) -> Result<Vec<Warning>, LintError> {
     let config = check_config(dockerfile, options)?;
     let reporter = Reporter::new(dockerfile, config);
-    let mut warnings = stages::run(dockerfile, &options.build_args, reporter);
+    let ignore = options.ignore.as_deref();
+    let mut warnings = stages::run(dockerfile, &options.build_args, ignore, reporter);
     warnings.sort_by_key(Warning::line);
     Ok(warnings)
 }

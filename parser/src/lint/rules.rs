@@ -26,13 +26,15 @@ pub enum Rule {
     InvalidDefinitionDescription,
     ExposeProtoCasing,
     ExposeInvalidFormat,
+    CopyIgnoredFile,
 }
 
 impl Rule {
-    /// Every rule kiln implements, in BuildKit's ruleset order. Not implemented: CopyIgnoredFile
-    /// (needs the build context's `.dockerignore`) and InvalidBaseImagePlatform (needs the base
+    /// Every rule kiln implements, in BuildKit's ruleset order (CopyIgnoredFile, added later,
+    /// last). CopyIgnoredFile runs only when the caller gives the context's `.dockerignore`
+    /// ([`Rule::needs_context`]). Not implemented: InvalidBaseImagePlatform (needs the base
     /// image's metadata).
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 21] = [
         Rule::StageNameCasing,
         Rule::FromAsCasing,
         Rule::NoEmptyContinuation,
@@ -53,6 +55,7 @@ impl Rule {
         Rule::InvalidDefinitionDescription,
         Rule::ExposeProtoCasing,
         Rule::ExposeInvalidFormat,
+        Rule::CopyIgnoredFile,
     ];
 
     /// BuildKit's name for the rule (`JSONArgsRecommended`).
@@ -78,6 +81,7 @@ impl Rule {
             Rule::InvalidDefinitionDescription => "InvalidDefinitionDescription",
             Rule::ExposeProtoCasing => "ExposeProtoCasing",
             Rule::ExposeInvalidFormat => "ExposeInvalidFormat",
+            Rule::CopyIgnoredFile => "CopyIgnoredFile",
         }
     }
 
@@ -109,6 +113,7 @@ impl Rule {
             Rule::InvalidDefinitionDescription => "invalid-definition-description",
             Rule::ExposeProtoCasing => "expose-proto-casing",
             Rule::ExposeInvalidFormat => "expose-invalid-format",
+            Rule::CopyIgnoredFile => "copy-ignored-file",
         };
         format!("https://docs.docker.com/go/dockerfile/rule/{slug}/")
     }
@@ -136,8 +141,16 @@ impl Rule {
             | Rule::InvalidDefaultArgInFrom
             | Rule::FromPlatformFlagConstDisallowed
             | Rule::ExposeProtoCasing
-            | Rule::ExposeInvalidFormat => false,
+            | Rule::ExposeInvalidFormat
+            | Rule::CopyIgnoredFile => false,
         }
+    }
+
+    /// Rules that need something outside the Dockerfile from the caller (CopyIgnoredFile: the
+    /// build context's `.dockerignore`, [`super::LintOptions::ignore`]); without it they never
+    /// fire.
+    pub fn needs_context(self) -> bool {
+        matches!(self, Rule::CopyIgnoredFile)
     }
 
     /// BuildKit's one-line description of what the rule asks for.
@@ -189,6 +202,7 @@ impl Rule {
             Rule::ExposeInvalidFormat => {
                 "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release"
             }
+            Rule::CopyIgnoredFile => "Attempting to Copy file that is excluded by .dockerignore",
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::ast::{
 use crate::expand::{Environment, Lexer};
 
 use super::names::{host_platform, is_valid_reference, looks_like_secret, parse_platform, suggest};
-use super::{Reporter, Rule, Warning};
+use super::{IgnoreMatcher, Reporter, Rule, Warning};
 
 /// Docker's default `PATH` on Linux, which BuildKit sets in every stage that lacks one.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -106,6 +106,8 @@ struct At {
 struct Linter<'d> {
     dockerfile: &'d Dockerfile,
     build_args: &'d BTreeMap<String, String>,
+    /// The build context's `.dockerignore`, for CopyIgnoredFile.
+    ignore: Option<&'d dyn IgnoreMatcher>,
     reporter: Reporter,
     lexer: Lexer,
     stages: Vec<StageIndex>,
@@ -117,11 +119,13 @@ struct Linter<'d> {
 pub(super) fn run(
     dockerfile: &Dockerfile,
     build_args: &BTreeMap<String, String>,
+    ignore: Option<&dyn IgnoreMatcher>,
     reporter: Reporter,
 ) -> Vec<Warning> {
     let mut linter = Linter {
         dockerfile,
         build_args,
+        ignore,
         reporter,
         lexer: Lexer::new(dockerfile.directives.escape),
         stages: stage_indices(dockerfile),
@@ -173,6 +177,45 @@ fn is_lowercase(text: &str) -> bool {
 
 fn is_uppercase(text: &str) -> bool {
     text.to_uppercase() == text
+}
+
+/// Names that stand for "any entry of the context root" when CopyIgnoredFile looks at `.`:
+/// a plain name and a dot name, which only patterns that exclude every root entry (`*`, `**`,
+/// `**/*`) both match.
+const ROOT_PROBES: [&str; 2] = ["\u{1}kiln-root-entry", ".\u{1}kiln-root-entry"];
+
+/// A URL source of ADD (`http(s)://`, a git URL), which the `.dockerignore` does not apply to.
+fn is_remote_source(source: &str) -> bool {
+    source.contains("://") || source.starts_with("git@")
+}
+
+/// Go's `filepath.Clean` on a `/`-separated path, as BuildKit cleans a COPY source before it
+/// looks the source up in the `.dockerignore`.
+fn clean_path(path: &str) -> String {
+    if path.is_empty() {
+        return ".".to_string();
+    }
+    let rooted = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|last| *last != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
 }
 
 /// The span of one whole line.
@@ -682,27 +725,68 @@ impl Linter<'_> {
     }
 
     /// ADD and COPY: `--chown`, (`--checksum`), the sources and the destination expand; heredoc
-    /// bodies that expand do so with quotes kept (BuildKit's `ExpandRaw`).
+    /// bodies that expand do so with quotes kept (BuildKit's `ExpandRaw`). Returns the expanded
+    /// sources that are paths (not heredocs), in order.
     fn paths(
         &mut self,
         state: &StageState,
         flags: &[Option<&Word>],
         paths: &crate::ast::Paths,
         at: At,
-    ) {
+    ) -> Vec<String> {
         for word in flags.iter().flatten() {
             self.expand_word(state, word, at);
         }
+        let mut sources = Vec::new();
         for source in &paths.sources {
             if !paths.heredocs.is_empty() && source.text.starts_with("<<") {
                 continue;
             }
-            self.expand_word(state, source, at);
+            if let Some(source) = self.expand_word(state, source, at) {
+                sources.push(source);
+            }
         }
         self.expand_word(state, &paths.destination, at);
         let raw = Lexer::new('\\').raw_quotes(true);
         for heredoc in paths.heredocs.iter().filter(|heredoc| heredoc.expand) {
             self.expand(state, &heredoc.content, &raw, at);
+        }
+        sources
+    }
+
+    /// CopyIgnoredFile, as BuildKit's `validateCopySourcePath`: each local source of a COPY or
+    /// ADD from the build context (not `--from`, not a URL) is cleaned and looked up in the
+    /// `.dockerignore`. Like BuildKit, nothing is reported when the file has exceptions, which
+    /// can re-include files below an excluded directory. The context root (`.`, `/`) is not a
+    /// name that a pattern like `.*` excludes: it warns only when every entry of the root is
+    /// excluded (`*`, `**`), which is what BuildKit checks since it stopped treating `COPY . .`
+    /// with `.*` as copying an ignored file named "." (moby/buildkit#6930).
+    fn ignored_sources(&mut self, sources: &[String], instruction: &str, at: At) {
+        let Some(ignore) = self.ignore else {
+            return;
+        };
+        if ignore.has_exclusions() {
+            return;
+        }
+        for source in sources {
+            if is_remote_source(source) {
+                continue;
+            }
+            let cleaned = clean_path(source);
+            let ignored = if cleaned == "." || cleaned == "/" {
+                ROOT_PROBES.iter().all(|probe| ignore.is_ignored(probe))
+            } else {
+                ignore.is_ignored(&cleaned)
+            };
+            if ignored {
+                self.report(
+                    Rule::CopyIgnoredFile,
+                    at,
+                    format!(
+                        "Attempting to {instruction} file {cleaned:?} that is excluded by .dockerignore"
+                    ),
+                );
+            }
         }
     }
 
@@ -818,11 +902,15 @@ impl Linter<'_> {
             }
             Instruction::Add(add) => {
                 let flags = [add.chown.as_ref(), add.checksum.as_ref()];
-                self.paths(state, &flags, &add.paths, at);
+                let sources = self.paths(state, &flags, &add.paths, at);
+                self.ignored_sources(&sources, "Add", at);
             }
             Instruction::Copy(copy) => {
                 let flags = [copy.chown.as_ref()];
-                self.paths(state, &flags, &copy.paths, at);
+                let sources = self.paths(state, &flags, &copy.paths, at);
+                if copy.from.is_none() {
+                    self.ignored_sources(&sources, "Copy", at);
+                }
             }
             Instruction::Volume(volume) => {
                 for path in &volume.paths {
