@@ -226,3 +226,27 @@ fn debug_expand_reports_errors() {
         .code(1)
         .stderr(predicate::str::contains("must be set"));
 }
+
+#[test]
+fn check_reports_copies_of_files_the_dockerignore_excludes() {
+    let dir = context("FROM busybox\nCOPY secret.txt /app/\nCOPY kept.txt /app/\n");
+    fs::write(dir.path().join(".dockerignore"), "secret.txt\n").unwrap();
+    kiln()
+        .arg("check")
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "Dockerfile:2: CopyIgnoredFile: Attempting to Copy file \"secret.txt\" that is excluded by .dockerignore",
+        ))
+        .stdout(predicate::str::contains("kept.txt").not());
+    // <Dockerfile>.dockerignore beside the Dockerfile wins over the context's.
+    fs::write(dir.path().join("Dockerfile.dockerignore"), "kept.txt\n").unwrap();
+    kiln()
+        .arg("check")
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"kept.txt\""))
+        .stdout(predicate::str::contains("secret.txt").not());
+}
