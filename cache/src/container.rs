@@ -57,6 +57,48 @@ pub struct ContainerState {
     pub oom_killed: bool,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The process that supervises a detached container (its monitor), 0 for a foreground
+    /// one (then `pid` is the `kiln run` process). While it lives the container may be running;
+    /// once it is gone without recording an exit, the container is not.
+    #[serde(default)]
+    pub monitor_pid: i32,
+}
+
+/// Which stream of the container a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a container's log, as Docker's json-file driver writes it (one JSON object per
+/// line): `{"log":"text\n","stream":"stdout","time":"2024-01-02T03:04:05.123456789Z"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The text, with its newline when the container wrote one.
+    pub log: String,
+    pub stream: LogStream,
+    /// When the line was read, RFC 3339 with nanoseconds, UTC.
+    pub time: String,
+}
+
+impl LogEntry {
+    /// An entry stamped with the current time.
+    pub fn now(stream: LogStream, log: String) -> Self {
+        LogEntry {
+            log,
+            stream,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        }
+    }
+
+    /// The entry as one line of the log file, newline included.
+    pub fn to_line(&self) -> String {
+        let mut line = to_json(self);
+        line.push('\n');
+        line
+    }
 }
 
 /// A container in the store.
@@ -141,10 +183,49 @@ fn row(
     ))
 }
 
+/// Reads a container's json-file log incrementally: each call returns the complete lines added since the
+/// previous one (a line still being written waits for the next call).
+#[derive(Debug, Default)]
+pub struct LogReader {
+    offset: u64,
+}
+
+impl LogReader {
+    /// The new complete entries of the log at `path`; unreadable lines are skipped, a missing
+    /// file has none.
+    pub fn read(&mut self, path: &std::path::Path) -> Vec<LogEntry> {
+        use std::io::{Read, Seek};
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return Vec::new();
+        };
+        let mut bytes = Vec::new();
+        if file.seek(std::io::SeekFrom::Start(self.offset)).is_err()
+            || file.read_to_end(&mut bytes).is_err()
+        {
+            return Vec::new();
+        }
+        let complete = bytes
+            .iter()
+            .rposition(|byte| *byte == b'\n')
+            .map_or(0, |end| end + 1);
+        self.offset += complete as u64;
+        bytes[..complete]
+            .split(|byte| *byte == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect()
+    }
+}
+
 impl Store {
     /// The directory of a container: its overlay upper and work dirs, logs and runtime files.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.layout().containers().join(id)
+    }
+
+    /// The container's json-file log, `containers/<id>/<id>-json.log` (Docker's name), written
+    /// by its monitor. Removed with the container.
+    pub fn container_log_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join(format!("{id}-json.log"))
     }
 
     /// Records a new container and creates its directory. `name` `None` picks a free
@@ -338,4 +419,45 @@ impl Store {
 /// JSON text for the database (serialising these plain structs cannot fail).
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_entries_are_docker_json_file_lines() {
+        let entry = LogEntry::now(LogStream::Stderr, "oops\n".into());
+        let line = entry.to_line();
+        assert!(
+            line.ends_with("}\n") && line.matches('\n').count() == 1,
+            "{line:?}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["log"], "oops\n");
+        assert_eq!(value["stream"], "stderr");
+        // RFC 3339 with nanoseconds in UTC, as Docker's RFC3339Nano.
+        let time = value["time"].as_str().unwrap();
+        assert!(time.ends_with('Z') && time.len() == "2024-01-02T03:04:05.123456789Z".len());
+    }
+
+    #[test]
+    fn the_log_reader_returns_only_new_complete_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut reader = LogReader::default();
+        assert!(reader.read(&path).is_empty());
+        let first = LogEntry::now(LogStream::Stdout, "one\n".into()).to_line();
+        let second = LogEntry::now(LogStream::Stdout, "two\n".into()).to_line();
+        let (head, rest) = second.split_at(10);
+        fs::write(&path, format!("{first}{head}")).unwrap();
+        let read = reader.read(&path);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].log, "one\n");
+        fs::write(&path, format!("{first}{head}{rest}")).unwrap();
+        let read = reader.read(&path);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].log, "two\n");
+        assert!(reader.read(&path).is_empty());
+    }
 }

@@ -5,6 +5,7 @@
 
 mod commands;
 mod human;
+mod monitor;
 mod output;
 
 use std::process::ExitCode;
@@ -75,8 +76,18 @@ enum Command {
     /// Manage the store
     #[command(subcommand)]
     System(commands::system::Command),
-    /// Create and run a new container from an image (foreground)
+    /// Create and run a new container from an image
     Run(Box<commands::container::RunArgs>),
+    /// Start one or more stopped containers (detached)
+    Start(commands::container::StartArgs),
+    /// Stop one or more running containers
+    Stop(commands::container::StopArgs),
+    /// Kill one or more running containers
+    Kill(commands::container::KillArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(commands::container::WaitArgs),
+    /// Fetch the logs of a container
+    Logs(commands::container::LogsArgs),
     /// List containers
     Ps(commands::container::PsArgs),
     /// Remove one or more containers
@@ -130,6 +141,13 @@ fn main() -> ExitCode {
     {
         kiln_runtime::init_main();
     }
+    let mut args = std::env::args_os();
+    if args
+        .nth(1)
+        .is_some_and(|arg| arg == monitor::MONITOR_MARKER)
+    {
+        return monitor::main(&args.collect::<Vec<_>>());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return output::usage_error(&error).into(),
@@ -165,6 +183,11 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Prune(args)) => commands::image::prune(global, args),
         Command::System(command) => commands::system::run(global, command),
         Command::Run(args) => commands::container::run(global, *args),
+        Command::Start(args) => commands::container::start(global, args),
+        Command::Stop(args) => commands::container::stop(global, args),
+        Command::Kill(args) => commands::container::kill(global, args),
+        Command::Wait(args) => commands::container::wait(global, args),
+        Command::Logs(args) => commands::container::logs(global, args),
         Command::Ps(args) => commands::container::ps(global, args),
         Command::Rm(args) => commands::container::rm(global, args),
         Command::Commit(args) => commands::changes::commit(global, args),

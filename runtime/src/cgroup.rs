@@ -480,7 +480,15 @@ fn kill_all(dir: &Path) {
 /// for `rm` of a container whose `run` was killed before it could clean up. Idempotent: a
 /// missing cgroup is not an error.
 pub fn remove_cgroup(id: &str) -> Result<(), RuntimeError> {
-    let dirs: Vec<PathBuf> = match detect() {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return Err(RuntimeError::InvalidId { id: id.into() });
+    }
+    remove_dirs(&container_dirs(id))
+}
+
+/// The directories of container `id`'s cgroup, one per hierarchy (they may not exist).
+fn container_dirs(id: &str) -> Vec<PathBuf> {
+    match detect() {
         Layout::V1(mounts) => {
             let mut dirs: Vec<PathBuf> = Vec::new();
             for (_, mount) in mounts {
@@ -492,11 +500,34 @@ pub fn remove_cgroup(id: &str) -> Result<(), RuntimeError> {
             dirs
         }
         Layout::V2 { root, .. } => vec![root.join(KILN).join(id)],
-    };
-    if id.is_empty() || id.contains('/') || id.starts_with('.') {
-        return Err(RuntimeError::InvalidId { id: id.into() });
     }
-    remove_dirs(&dirs)
+}
+
+/// The host pid of the PID 1 of running container `id`: the process in its cgroup whose pid
+/// in its own PID namespace is 1 (`NSpid` in `/proc/<pid>/status`). `None` when the
+/// container is not running (no cgroup, or PID 1 not started or gone).
+pub fn container_pid(id: &str) -> Option<i32> {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return None;
+    }
+    container_dirs(id).iter().find_map(|dir| {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+        procs
+            .lines()
+            .filter_map(|line| line.trim().parse::<i32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|status| {
+                        status
+                            .lines()
+                            .find(|line| line.starts_with("NSpid:"))
+                            .and_then(|line| line.split_whitespace().last())
+                            .map(|inner| inner == "1")
+                    })
+                    .unwrap_or(false)
+            })
+    })
 }
 
 #[cfg(test)]

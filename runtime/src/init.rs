@@ -4,7 +4,8 @@
 //! terminal's job-control signals reach only the caller, which forwards them, as with Docker),
 //! blocks the signals it forwards, creates the PID namespace and forks the container's PID 1
 //! ([`crate::container`]). Then it forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT to the container,
-//! reaps it, and writes one [`Report`] (exit status or setup error) to the report pipe.
+//! reaps it, and writes [`Report`]s to the report pipe: [`Report::Started`] once the command
+//! was executed, then exactly one final report (exit status or setup error).
 //!
 //! It must be single-threaded (`unshare(CLONE_NEWPID)` + `fork`), which is why it is a fresh
 //! process and why [`init_main`] must be the first thing `main` does.
@@ -72,9 +73,13 @@ pub(crate) struct InitMessage {
     pub(crate) cgroup_procs: Vec<std::path::PathBuf>,
 }
 
-/// What the init sends back, exactly once.
+/// What the init sends back: at most one `Started`, then exactly one `Exited` or `Failed`
+/// (concatenated JSON values).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Report {
+    /// The container's command was executed; its PID 1 has this pid in the init's (the
+    /// host's) PID namespace.
+    Started(i32),
     /// The container's command ran and ended so.
     Exited(Exit),
     /// The container could not be set up or its command could not be executed.
@@ -105,8 +110,8 @@ pub fn init_main() -> ! {
         // The caller died before the parent-death signal was armed: nobody wants this container.
         std::process::exit(EXIT_ENGINE_ERROR);
     }
-    let report = supervise(spec_pipe);
     let mut pipe = std::fs::File::from(report_pipe);
+    let report = supervise(spec_pipe, &mut pipe);
     let written = serde_json::to_writer(&mut pipe, &report)
         .map_err(std::io::Error::from)
         .and_then(|()| pipe.flush());
@@ -143,8 +148,8 @@ fn inherited_pipes() -> Option<(OwnedFd, OwnedFd)> {
     Some((spec, report))
 }
 
-fn supervise(spec_pipe: OwnedFd) -> Report {
-    match start_and_wait(spec_pipe) {
+fn supervise(spec_pipe: OwnedFd, report_pipe: &mut std::fs::File) -> Report {
+    match start_and_wait(spec_pipe, report_pipe) {
         Ok(exit) => Report::Exited(exit),
         Err(error) => Report::Failed(error),
     }
@@ -166,7 +171,10 @@ fn thread_count() -> usize {
         .unwrap_or(0)
 }
 
-fn start_and_wait(spec_pipe: OwnedFd) -> Result<Exit, ContainerError> {
+fn start_and_wait(
+    spec_pipe: OwnedFd,
+    report_pipe: &mut std::fs::File,
+) -> Result<Exit, ContainerError> {
     let message = read_message(spec_pipe)?;
     if thread_count() != 1 {
         return Err(ContainerError::setup(
@@ -224,6 +232,10 @@ fn start_and_wait(spec_pipe: OwnedFd) -> Result<Exit, ContainerError> {
             }),
         );
     }
+    // A failed write means the caller is gone; the parent-death signal follows.
+    let _ = serde_json::to_writer(&mut *report_pipe, &Report::Started(child.as_raw()))
+        .map_err(std::io::Error::from)
+        .and_then(|()| report_pipe.flush());
     wait_forwarding(child, &waited)
 }
 

@@ -8,12 +8,17 @@
 //! container's PID 1, which joins the cgroup, assembles the root filesystem, drops
 //! privileges, installs the seccomp filter and executes the command.
 //!
-//! Not here yet: pty (`-t`), detached containers and their monitor, `exec` into a running
+//! For detached containers, [`spawn_detached`] starts the caller's monitor (which calls
+//! [`run`]) in a session of its own, [`signal_container`] reaches a running container's PID 1
+//! and [`wait_for_exit`] waits for the monitor; the monitor's job (logs, state) is the CLI's.
+//!
+//! Not here yet: pty (`-t`), `exec` into a running
 //! container, user namespaces, the device allow-list on cgroup v2, AppArmor/SELinux.
 
 mod caps;
 mod cgroup;
 mod container;
+mod detach;
 mod error;
 mod forward;
 mod init;
@@ -25,12 +30,13 @@ mod syscalls;
 mod user;
 
 pub use caps::{DEFAULT_CAPABILITIES, default_mask as default_capability_mask};
-pub use cgroup::remove_cgroup;
+pub use cgroup::{container_pid, remove_cgroup};
 pub use container::DEFAULT_PATH;
+pub use detach::{parse_signal, process_exists, signal_container, spawn_detached, wait_for_exit};
 pub use error::{
     ContainerError, EXIT_ENGINE_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, Errno, LimitError,
     RuntimeError, SeccompError,
 };
 pub use init::init_main;
-pub use run::{Io, run};
+pub use run::{Io, run, run_notifying};
 pub use spec::{BindMount, Exit, Network, Outcome, Resources, Seccomp, Spec, Ulimit, UlimitName};

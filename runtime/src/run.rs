@@ -1,7 +1,7 @@
 //! The caller's side of running a container: prepare the container directory, start the init
 //! program, send it the spec, forward signals, collect the report.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -86,6 +86,20 @@ pub fn run(
     init_args: &[&str],
     io: Io,
 ) -> Result<Outcome, RuntimeError> {
+    run_notifying(spec, init_program, init_args, io, &mut |_| {})
+}
+
+/// [`run`], calling `started` with the host pid of the container's PID 1 once its command
+/// was executed (not called when setup fails). For a detached container's monitor, which
+/// records the container as running and reports setup errors (127, 126...) to the CLI before
+/// the container ends.
+pub fn run_notifying(
+    spec: &Spec,
+    init_program: &Path,
+    init_args: &[&str],
+    io: Io,
+    started: &mut dyn FnMut(i32),
+) -> Result<Outcome, RuntimeError> {
     spec.validate()?;
     let held = crate::caps::held().map_err(|source| RuntimeError::Init {
         step: "reading kiln's own capabilities",
@@ -151,32 +165,38 @@ pub fn run(
     // The init reads the whole spec before anything else, so this cannot deadlock; a write
     // error (the init died) shows up below as a missing report.
     let sent = std::fs::File::from(spec_write).write_all(&payload);
-    let mut report = Vec::new();
-    let received = std::fs::File::from(report_read).read_to_end(&mut report);
+    let mut reports =
+        serde_json::Deserializer::from_reader(std::fs::File::from(report_read)).into_iter();
+    let mut report = reports.next();
+    if let Some(Ok(Report::Started(pid))) = report {
+        started(pid);
+        report = reports.next();
+    }
     let status = child.wait().map_err(init_error("waiting for"))?;
     drop(forwarding);
     let oom_killed = cgroup.oom_killed();
     cgroup.remove()?;
 
-    if report.is_empty() {
-        if let Err(source) = sent.and(received) {
-            return Err(init_error("talking to")(source));
-        }
-        return Err(RuntimeError::InitDied {
+    match report {
+        Some(Ok(Report::Exited(exit))) => Ok(Outcome { exit, oom_killed }),
+        Some(Ok(Report::Failed(error))) => Err(error.into()),
+        Some(Ok(Report::Started(_))) => Err(RuntimeError::InitDied {
             program: init_program.to_path_buf(),
-            status: status.to_string(),
-        });
-    }
-    match serde_json::from_slice(&report) {
-        Ok(Report::Exited(exit)) => Ok(Outcome { exit, oom_killed }),
-        Ok(Report::Failed(error)) => Err(error.into()),
-        Err(_) => Err(RuntimeError::InitDied {
-            program: init_program.to_path_buf(),
-            status: format!(
-                "{status}, unreadable report {:?}",
-                String::from_utf8_lossy(&report)
-            ),
+            status: format!("{status}, reported the start twice"),
         }),
+        Some(Err(error)) if !error.is_eof() => Err(RuntimeError::InitDied {
+            program: init_program.to_path_buf(),
+            status: format!("{status}, unreadable report: {error}"),
+        }),
+        None | Some(Err(_)) => {
+            if let Err(source) = sent {
+                return Err(init_error("talking to")(source));
+            }
+            Err(RuntimeError::InitDied {
+                program: init_program.to_path_buf(),
+                status: status.to_string(),
+            })
+        }
     }
 }
 

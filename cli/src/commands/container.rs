@@ -1,9 +1,16 @@
-//! Container commands: `run` (foreground), `ps`, `rm`.
+//! Container commands: `run` (foreground or detached), `start`, `stop`, `kill`, `wait`,
+//! `logs`, `ps`, `rm`.
+//!
+//! A detached container runs under a monitor (see `crate::monitor`); these handlers find it
+//! through the container's recorded state and signal the container's PID 1 through the
+//! runtime.
 
 use std::path::{Path, PathBuf};
 
 use kiln_builder::container::{ProcessOptions, process_config};
-use kiln_cache::container::{ContainerRecord, ContainerState, Status};
+use kiln_cache::container::{
+    ContainerRecord, ContainerState, LogEntry, LogReader, LogStream, Status,
+};
 use kiln_cache::image::ImageConfig;
 use kiln_cache::store::Store;
 use kiln_runtime::{BindMount, Io, Network, Resources, Seccomp, Spec, Ulimit};
@@ -11,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::{Global, open_store};
 use crate::commands::image::render;
+use crate::monitor::{MONITOR_MARKER, SPEC_FILE, StartFailure};
 use crate::output;
 use crate::{Exit, INIT_MARKER, human};
 
@@ -62,7 +70,7 @@ pub struct RunArgs {
     /// Allocate a pseudo-TTY (not yet supported)
     #[arg(short = 't', long)]
     tty: bool,
-    /// Run in the background (not yet supported)
+    /// Run container in background and print container ID
     #[arg(short = 'd', long)]
     detach: bool,
     /// Publish a port (needs bridge networking, not yet supported)
@@ -122,9 +130,6 @@ fn env_file(path: &Path) -> Result<Vec<String>, String> {
 fn unsupported(args: &RunArgs) -> Option<String> {
     if args.tty {
         return Some("-t (a pseudo-TTY) is not supported yet: run without -t".into());
-    }
-    if args.detach {
-        return Some("-d (detached containers) is not supported yet: run in the foreground".into());
     }
     if !args.publish.is_empty() {
         return Some(
@@ -253,13 +258,6 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         read_only: config.read_only,
         mounts,
     };
-    let running = ContainerState {
-        status: Status::Running,
-        pid: std::process::id() as i32,
-        started_at: Some(kiln_cache::import::creation_time()),
-        ..ContainerState::default()
-    };
-    let _ = store.set_container_state(&record.id, &running);
     let program = match std::env::current_exe() {
         Ok(program) => program,
         Err(error) => {
@@ -268,6 +266,33 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
             ));
         }
     };
+    // Kept for `start`, which runs the container again detached with the same spec.
+    let spec_path = dir.join(SPEC_FILE);
+    if let Err(error) = serde_json::to_vec(&spec)
+        .map_err(std::io::Error::from)
+        .and_then(|bytes| std::fs::write(&spec_path, bytes))
+    {
+        return output::error(format!("writing {}: {error}", spec_path.display()));
+    }
+    if args.detach {
+        return match start_monitor(&store, &record.id, &program) {
+            Ok(()) => {
+                output::out(&format!("{}\n", record.id));
+                Exit::Success
+            }
+            Err(failure) => {
+                output::err(&format!("kiln: {}\n", failure.message));
+                Exit::Code(u8::try_from(failure.code.clamp(0, 255)).unwrap_or(125))
+            }
+        };
+    }
+    let running = ContainerState {
+        status: Status::Running,
+        pid: std::process::id() as i32,
+        started_at: Some(kiln_cache::import::creation_time()),
+        ..ContainerState::default()
+    };
+    let _ = store.set_container_state(&record.id, &running);
     let result = kiln_runtime::run(&spec, &program, &[INIT_MARKER], Io::inherit());
     let (code, oom_killed, failure) = match &result {
         Ok(outcome) => (outcome.code(), outcome.oom_killed, None),
@@ -413,11 +438,45 @@ fn bind_mount(spec: &str) -> Result<BindMount, String> {
     })
 }
 
-/// A container whose recorded runner (the `kiln run` process) is gone is not running any more:
-/// its init died with it (parent-death signal).
+/// Starts the monitor of container `id` (whose `spec.json` is written) and waits until it has
+/// started the container and recorded it as running, or failed to (the error and its exit
+/// code, also in the container's log).
+fn start_monitor(store: &Store, id: &str, program: &Path) -> Result<(), StartFailure> {
+    // The monitor runs in `/`: a relative `--root` must become absolute.
+    let root = std::path::absolute(store.layout().root()).map_err(|error| StartFailure {
+        code: 125,
+        message: format!("resolving the store path: {error}"),
+    })?;
+    let args = [
+        std::ffi::OsStr::new(MONITOR_MARKER),
+        root.as_os_str(),
+        std::ffi::OsStr::new(id),
+    ];
+    let (_, ready) =
+        kiln_runtime::spawn_detached(program, &args).map_err(|error| StartFailure {
+            code: 125,
+            message: format!("starting the container monitor: {error}"),
+        })?;
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(ready), &mut line);
+    StartFailure::from_line(&line)
+}
+
+/// The process whose life is the container's: the monitor of a detached container, the
+/// `kiln run` process of a foreground one.
+fn supervisor(state: &ContainerState) -> i32 {
+    if state.monitor_pid != 0 {
+        state.monitor_pid
+    } else {
+        state.pid
+    }
+}
+
+/// A container whose recorded supervisor (monitor or `kiln run` process) is gone is not running
+/// any more: its init died with it (parent-death signal).
 fn current_state(store: &Store, record: &ContainerRecord) -> ContainerState {
     let mut state = record.state.clone();
-    if state.status == Status::Running && !Path::new(&format!("/proc/{}", state.pid)).exists() {
+    if state.status == Status::Running && !kiln_runtime::process_exists(supervisor(&state)) {
         state = ContainerState {
             status: Status::Exited,
             exit_code: 137,
@@ -561,6 +620,11 @@ pub fn rm(global: &Global, args: RmArgs) -> Exit {
                     record.name
                 )));
             }
+            if state.status == Status::Running {
+                // Docker's `rm -f`: SIGKILL, then the supervisor records the exit.
+                let _ = kiln_runtime::signal_container(&record.id, libc_signal::SIGKILL);
+                kiln_runtime::wait_for_exit(supervisor(&state), Some(std::time::Duration::from_secs(10)));
+            }
             // A run killed with kill -9 may leave its (empty) cgroup behind.
             let _ = kiln_runtime::remove_cgroup(&record.id);
             store.remove_container(&record.id).map(Ok)
@@ -602,7 +666,13 @@ pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
             "Restarting": false,
             "OOMKilled": state.oom_killed,
             "Dead": false,
-            "Pid": if state.status == Status::Running { state.pid } else { 0 },
+            // The container's PID 1 as the host sees it (Docker's State.Pid); the supervisor's
+            // pid until the container has started.
+            "Pid": if state.status == Status::Running {
+                kiln_runtime::container_pid(&record.id).unwrap_or(state.pid)
+            } else {
+                0
+            },
             "ExitCode": state.exit_code,
             "Error": "",
             "StartedAt": state.started_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string()),
@@ -636,4 +706,286 @@ pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
             },
         },
     })
+}
+
+/// Runs `each` on every named container, reporting failures as Docker does (`Error response
+/// from daemon: ...`, exit 1) and going on with the next.
+fn for_each_container(
+    global: &Global,
+    names: &[String],
+    each: &dyn Fn(&Store, &ContainerRecord, &str) -> Result<(), String>,
+) -> Exit {
+    let store = match open_store(global) {
+        Ok(store) => store,
+        Err(exit) => return exit,
+    };
+    let mut exit = Exit::Success;
+    for name in names {
+        let result = store
+            .container(name)
+            .map_err(|error| error.to_string())
+            .and_then(|record| each(&store, &record, name));
+        if let Err(message) = result {
+            output::err(&format!("Error response from daemon: {message}\n"));
+            exit = Exit::Failure;
+        }
+    }
+    exit
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Containers to start
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// Starts exited or created containers again, detached, with the spec and upper directory of
+/// their first run. A running container is left alone (as Docker does).
+pub fn start(global: &Global, args: StartArgs) -> Exit {
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(error) => return output::error(format!("cannot find the kiln binary: {error}")),
+    };
+    for_each_container(global, &args.containers, &|store, record, name| {
+        if current_state(store, record).status != Status::Running {
+            start_monitor(store, &record.id, &program).map_err(|failure| failure.message)?;
+        }
+        output::out(&format!("{name}\n"));
+        Ok(())
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    /// Containers to stop
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// The signal that stops a container: the image's `StopSignal`, else SIGTERM.
+fn stop_signal(store: &Store, record: &ContainerRecord) -> i32 {
+    store
+        .blobs()
+        .read(&record.image)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<ImageConfig>(&bytes).ok())
+        .and_then(|config| config.config.stop_signal)
+        .and_then(|name| kiln_runtime::parse_signal(&name))
+        .unwrap_or(libc_signal::SIGTERM)
+}
+
+/// Signal numbers kiln's own commands use (Linux numbering).
+mod libc_signal {
+    pub const SIGKILL: i32 = 9;
+    pub const SIGTERM: i32 = 15;
+}
+
+/// Docker's `stop`: the stop signal, up to `-t` seconds for the container to end, then SIGKILL.
+/// Returns when the container's supervisor has recorded the exit.
+pub fn stop(global: &Global, args: StopArgs) -> Exit {
+    let timeout = std::time::Duration::from_secs(args.time);
+    for_each_container(global, &args.containers, &|store, record, name| {
+        let state = current_state(store, record);
+        if state.status == Status::Running {
+            let pid = supervisor(&state);
+            let signalled = kiln_runtime::signal_container(&record.id, stop_signal(store, record))
+                .map_err(|errno| format!("cannot stop container: {name}: {errno}"))?;
+            if !signalled || !kiln_runtime::wait_for_exit(pid, Some(timeout)) {
+                let _ = kiln_runtime::signal_container(&record.id, libc_signal::SIGKILL);
+                // The supervisor records the exit as soon as PID 1 is gone; a bound anyway,
+                // so a wedged supervisor cannot hang `stop`.
+                if !kiln_runtime::wait_for_exit(pid, Some(std::time::Duration::from_secs(10))) {
+                    return Err(format!("cannot stop container: {name}: it did not exit"));
+                }
+            }
+        }
+        output::out(&format!("{name}\n"));
+        Ok(())
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    /// Signal to send to the container
+    #[arg(short = 's', long = "signal", default_value = "KILL")]
+    signal: String,
+    /// Containers to kill
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// Docker's `kill`: sends the signal to the container's PID 1 and returns at once.
+pub fn kill(global: &Global, args: KillArgs) -> Exit {
+    let Some(signal) = kiln_runtime::parse_signal(&args.signal) else {
+        return output::error(format!("invalid signal: {}", args.signal));
+    };
+    for_each_container(global, &args.containers, &|store, record, name| {
+        let not_running = || {
+            format!(
+                "cannot kill container: {name}: container {} is not running",
+                record.id
+            )
+        };
+        if current_state(store, record).status != Status::Running {
+            return Err(not_running());
+        }
+        match kiln_runtime::signal_container(&record.id, signal) {
+            Ok(true) => {
+                output::out(&format!("{name}\n"));
+                Ok(())
+            }
+            Ok(false) => Err(not_running()),
+            Err(errno) => Err(format!("cannot kill container: {name}: {errno}")),
+        }
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Containers to wait for
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// Docker's `wait`: blocks until each container has exited and prints its exit code.
+pub fn wait(global: &Global, args: WaitArgs) -> Exit {
+    for_each_container(global, &args.containers, &|store, record, _| {
+        let state = current_state(store, record);
+        if state.status == Status::Running {
+            kiln_runtime::wait_for_exit(supervisor(&state), None);
+        }
+        let code = match store.container(&record.id) {
+            Ok(after) => current_state(store, &after).exit_code,
+            // Removed on exit (`--rm`): the code went with the record.
+            Err(_) => 0,
+        };
+        output::out(&format!("{code}\n"));
+        Ok(())
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Follow log output (until the container exits)
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Show timestamps
+    #[arg(short = 't', long)]
+    timestamps: bool,
+    /// Number of lines to show from the end of the logs, or "all"
+    #[arg(short = 'n', long, default_value = "all")]
+    tail: String,
+    /// Show logs since a timestamp (RFC 3339 or Unix seconds) or a relative time (42m)
+    #[arg(long)]
+    since: Option<String>,
+    /// Show logs before a timestamp (RFC 3339 or Unix seconds) or a relative time (42m)
+    #[arg(long)]
+    until: Option<String>,
+    /// The container
+    container: String,
+}
+
+/// `--since`/`--until`: RFC 3339, Unix seconds (with fraction), or a duration before now
+/// (`10s`, `5m`, `2h`, as Go's `time.ParseDuration` for these units).
+fn log_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Some(time) = human::parse_time(text) {
+        return Some(time);
+    }
+    if let Ok(seconds) = text.parse::<f64>() {
+        return chrono::DateTime::from_timestamp_millis((seconds * 1000.0) as i64);
+    }
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Some(chrono::Utc::now() - chrono::Duration::milliseconds((seconds * 1000.0) as i64))
+}
+
+/// Prints log entries: stdout entries to stdout, stderr entries to stderr.
+fn print_entries(entries: &[LogEntry], timestamps: bool) {
+    for entry in entries {
+        let text = if timestamps {
+            format!("{} {}", entry.time, entry.log)
+        } else {
+            entry.log.clone()
+        };
+        match entry.stream {
+            LogStream::Stdout => output::out(&text),
+            LogStream::Stderr => output::err(&text),
+        }
+    }
+}
+
+/// Docker's `logs` for the json-file driver. `-f` follows the file until the container's
+/// supervisor has exited: it re-reads the file every 100 ms (a timed wait on the supervisor's
+/// pidfd, so the end is seen at once; inotify on the log would make new lines appear without
+/// the 100 ms delay) and stops after a last read once the supervisor is gone.
+pub fn logs(global: &Global, args: LogsArgs) -> Exit {
+    let tail = match args.tail.as_str() {
+        "all" => None,
+        number => match number.parse::<i64>() {
+            Ok(number) if number < 0 => None,
+            Ok(number) => Some(number as usize),
+            Err(_) => return output::error(format!("invalid --tail value: {number}")),
+        },
+    };
+    let mut bounds = [None, None];
+    for (bound, text) in bounds.iter_mut().zip([&args.since, &args.until]) {
+        if let Some(text) = text {
+            match log_time(text) {
+                Some(time) => *bound = Some(time),
+                None => return output::error(format!("invalid time: {text}")),
+            }
+        }
+    }
+    let [since, until] = bounds;
+    let keep = |entry: &LogEntry| {
+        let time = human::parse_time(&entry.time);
+        since.is_none_or(|since| time.is_some_and(|time| time >= since))
+            && until.is_none_or(|until| time.is_some_and(|time| time <= until))
+    };
+    let store = match open_store(global) {
+        Ok(store) => store,
+        Err(exit) => return exit,
+    };
+    let record = match store.container(&args.container) {
+        Ok(record) => record,
+        Err(error) => return output::error_of(&error),
+    };
+    let path = store.container_log_path(&record.id);
+    let mut reader = LogReader::default();
+    let mut entries: Vec<LogEntry> = reader.read(&path).into_iter().filter(keep).collect();
+    if let Some(tail) = tail {
+        entries.drain(..entries.len().saturating_sub(tail));
+    }
+    print_entries(&entries, args.timestamps);
+    if !args.follow {
+        return Exit::Success;
+    }
+    loop {
+        let state = match store.container(&record.id) {
+            Ok(record) => current_state(&store, &record),
+            Err(_) => ContainerState::default(),
+        };
+        let running = state.status == Status::Running;
+        let new: Vec<LogEntry> = reader.read(&path).into_iter().filter(keep).collect();
+        print_entries(&new, args.timestamps);
+        if !running || until.is_some_and(|until| chrono::Utc::now() > until) {
+            return Exit::Success;
+        }
+        // Wakes at once when the supervisor exits; otherwise re-reads the log every 100 ms.
+        kiln_runtime::wait_for_exit(
+            supervisor(&state),
+            Some(std::time::Duration::from_millis(100)),
+        );
+    }
 }

@@ -1,0 +1,392 @@
+//! Detached containers: `run -d`, `ps`, `logs`, `stop`, `kill`, `wait`, `start`, `rm -f`, with
+//! real namespaces on a busybox image made from Debian's `busybox-static`. Skipped with a
+//! printed reason when not root or when busybox is missing.
+#![allow(clippy::print_stderr)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+/// A store with `busybox:latest` imported, or None (with the reason printed) when the test
+/// cannot run here.
+fn busybox_store() -> Option<tempfile::TempDir> {
+    if !nix_is_root() {
+        eprintln!("skipped: containers need root (euid 0)");
+        return None;
+    }
+    let busybox = PathBuf::from("/bin/busybox");
+    if !busybox.is_file() {
+        eprintln!("skipped: /bin/busybox is missing (apt-get install busybox-static)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
+    let list = Process::new(&busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let tar = Process::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    kiln(&dir)
+        .args([
+            "import",
+            "-c",
+            "CMD [\"sh\"]",
+            "-c",
+            "ENV GREETING=hello",
+            "-",
+            "busybox:latest",
+        ])
+        .write_stdin(tar.stdout)
+        .assert()
+        .success();
+    Some(dir)
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn kiln(dir: &tempfile::TempDir) -> Command {
+    let mut command = Command::cargo_bin("kiln").unwrap();
+    command.arg("--root").arg(dir.path().join("store"));
+    command
+}
+
+/// `kiln run -d ARGS...`: returns the full container ID it printed.
+fn run_detached(dir: &tempfile::TempDir, args: &[&str]) -> String {
+    let started = Instant::now();
+    let output = kiln(dir).args(["run", "-d"]).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Returns at once, not when the container ends.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let id = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 64, "{id:?}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    id
+}
+
+fn stdout_of(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// No monitor process and no cgroup of this container is left.
+fn assert_nothing_left(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let monitors: Vec<String> = fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| fs::read(entry.ok()?.path().join("cmdline")).ok())
+            .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+            .filter(|cmdline| cmdline.contains("__kiln-monitor") && cmdline.contains(id))
+            .collect();
+        let cgroups: Vec<PathBuf> = ["memory", "pids", "cpu", "freezer", "unified", ""]
+            .iter()
+            .map(|controller| {
+                PathBuf::from("/sys/fs/cgroup")
+                    .join(controller)
+                    .join("kiln")
+                    .join(id)
+            })
+            .filter(|path| path.exists())
+            .collect();
+        if monitors.is_empty() && cgroups.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {monitors:?} {cgroups:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn detached_container_runs_logs_and_records_its_exit() {
+    let Some(dir) = busybox_store() else { return };
+    let id = run_detached(
+        &dir,
+        &[
+            "--name",
+            "chatty",
+            "busybox",
+            "sh",
+            "-c",
+            "echo out one; echo err one >&2; sleep 0.2; echo out two; sleep 1; exit 3",
+        ],
+    );
+    kiln(&dir)
+        .args(["ps"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(&id[..12]).and(predicate::str::contains("Up ")));
+    // `logs -f` ends when the container exits.
+    let started = Instant::now();
+    kiln(&dir)
+        .args(["logs", "-f", "chatty"])
+        .assert()
+        .success()
+        .stdout("out one\nout two\n")
+        .stderr("err one\n");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    kiln(&dir)
+        .args(["wait", "chatty"])
+        .assert()
+        .success()
+        .stdout("3\n");
+    kiln(&dir)
+        .args(["ps", "-a"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Exited (3)"));
+    kiln(&dir)
+        .args(["logs", "--tail", "1", "chatty"])
+        .assert()
+        .success()
+        .stdout("out two\n")
+        .stderr("");
+    let stamped = stdout_of(kiln(&dir).args(["logs", "-t", "chatty"]));
+    let first = stamped.lines().next().unwrap();
+    let (time, text) = first.split_once(' ').unwrap();
+    assert!(time.ends_with('Z') && time.contains('T'), "{first}");
+    assert_eq!(text, "out one");
+    // The log is Docker's json-file format.
+    let log = dir
+        .path()
+        .join("store/containers")
+        .join(&id)
+        .join(format!("{id}-json.log"));
+    let log = fs::read_to_string(&log).unwrap();
+    // stdout and stderr are separate pipes, so their lines may interleave either way.
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 3);
+    let first_out = entries.iter().find(|e| e["stream"] == "stdout").unwrap();
+    assert_eq!(first_out["log"], "out one\n");
+    let err = entries.iter().find(|e| e["stream"] == "stderr").unwrap();
+    assert_eq!(err["log"], "err one\n");
+    assert!(err["time"].as_str().unwrap().ends_with('Z'));
+    // `start` runs it again, appending to the same log.
+    kiln(&dir)
+        .args(["start", "chatty"])
+        .assert()
+        .success()
+        .stdout("chatty\n");
+    kiln(&dir)
+        .args(["wait", "chatty"])
+        .assert()
+        .success()
+        .stdout("3\n");
+    kiln(&dir)
+        .args(["logs", "chatty"])
+        .assert()
+        .stdout("out one\nout two\nout one\nout two\n");
+    kiln(&dir).args(["rm", "chatty"]).assert().success();
+    assert_nothing_left(&id);
+}
+
+#[test]
+fn stop_and_kill_end_a_detached_container_with_docker_exit_codes() {
+    let Some(dir) = busybox_store() else { return };
+    // A PID 1 that handles SIGTERM ends with the code it chooses (143, as a shell's default).
+    let trapping = run_detached(
+        &dir,
+        &[
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; sleep 1000 & wait",
+        ],
+    );
+    // A PID 1 without a handler ignores SIGTERM (as in Docker): killed after `-t`.
+    let ignoring = run_detached(&dir, &["busybox", "sleep", "1000"]);
+    let killed = run_detached(&dir, &["busybox", "sleep", "1000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    kiln(&dir).args(["stop", &trapping]).assert().success();
+    kiln(&dir)
+        .args(["wait", &trapping])
+        .assert()
+        .stdout("143\n");
+    let started = Instant::now();
+    kiln(&dir)
+        .args(["stop", "-t", "1", &ignoring])
+        .assert()
+        .success();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    kiln(&dir)
+        .args(["wait", &ignoring])
+        .assert()
+        .stdout("137\n");
+    kiln(&dir)
+        .args(["kill", "-s", "KILL", &killed])
+        .assert()
+        .success();
+    kiln(&dir).args(["wait", &killed]).assert().stdout("137\n");
+    kiln(&dir)
+        .args(["kill", &killed])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is not running"));
+    kiln(&dir)
+        .args(["rm", &trapping, &ignoring, &killed])
+        .assert()
+        .success();
+    for id in [trapping, ignoring, killed] {
+        assert_nothing_left(&id);
+    }
+}
+
+#[test]
+fn rm_force_kills_a_running_container_and_run_rm_removes_it_after_exit() {
+    let Some(dir) = busybox_store() else { return };
+    let running = run_detached(&dir, &["busybox", "sleep", "1000"]);
+    kiln(&dir)
+        .args(["rm", &running])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("container is running"));
+    kiln(&dir).args(["rm", "-f", &running]).assert().success();
+    assert_nothing_left(&running);
+    let removed = run_detached(&dir, &["--rm", "busybox", "sleep", "1"]);
+    kiln(&dir)
+        .args(["wait", &removed])
+        .assert()
+        .success()
+        .stdout("0\n");
+    assert_nothing_left(&removed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stdout_of(kiln(&dir).args(["ps", "-aq"])).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the --rm container is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!dir.path().join("store/containers").join(&removed).exists());
+}
+
+#[test]
+fn run_detached_reports_setup_errors_with_docker_exit_codes() {
+    let Some(dir) = busybox_store() else { return };
+    // As Docker: the start fails synchronously, with 127 for a missing command.
+    kiln(&dir)
+        .args(["run", "-d", "--name", "broken", "busybox", "nosuchcommand"])
+        .assert()
+        .code(127)
+        .stdout("")
+        .stderr(predicate::str::contains("executable file not found"));
+    kiln(&dir)
+        .args(["ps", "-a"])
+        .assert()
+        .stdout(predicate::str::contains("Exited (127)"));
+    kiln(&dir)
+        .args(["logs", "broken"])
+        .assert()
+        .stderr(predicate::str::contains("executable file not found"));
+    kiln(&dir)
+        .args(["run", "-d", "--rm", "busybox", "nosuchcommand"])
+        .assert()
+        .code(127);
+    kiln(&dir).args(["rm", "broken"]).assert().success();
+    assert!(stdout_of(kiln(&dir).args(["ps", "-aq"])).is_empty());
+}
+
+#[test]
+fn inspect_shows_the_pid_of_the_container_process() {
+    let Some(dir) = busybox_store() else { return };
+    let id = run_detached(&dir, &["busybox", "sleep", "1000"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&stdout_of(kiln(&dir).args(["inspect", &id]))).unwrap();
+    let state = &inspect[0]["State"];
+    assert_eq!(state["Running"], true);
+    assert_eq!(state["Status"], "running");
+    let pid = state["Pid"].as_i64().unwrap();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"sleep\x001000\x00");
+    kiln(&dir).args(["rm", "-f", &id]).assert().success();
+    assert_nothing_left(&id);
+}
+
+#[test]
+fn a_killed_monitor_takes_its_container_down_and_rm_cleans_up() {
+    let Some(dir) = busybox_store() else { return };
+    let id = run_detached(&dir, &["busybox", "sleep", "1000"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&stdout_of(kiln(&dir).args(["inspect", &id]))).unwrap();
+    let container_pid = inspect[0]["State"]["Pid"].as_i64().unwrap();
+    let monitor = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("__kiln-monitor") && cmdline.contains(&id))
+                .then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+        .next()
+        .expect("a monitor process");
+    assert!(
+        Process::new("kill")
+            .args(["-9", &monitor])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Parent-death signals take the init and the container's PID 1 down with the monitor.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::metadata(format!("/proc/{container_pid}")).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the container outlived its monitor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kiln(&dir)
+        .args(["ps", "-a"])
+        .assert()
+        .stdout(predicate::str::contains("Exited (137)"));
+    kiln(&dir).args(["rm", &id]).assert().success();
+    assert_nothing_left(&id);
+}
