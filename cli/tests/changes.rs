@@ -3,75 +3,21 @@
 //! missing.
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command as Process;
 
 use assert_cmd::Command;
+use common::kiln;
 use predicates::prelude::*;
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n";
 
-/// A store with `busybox:latest` imported, or None (with the reason printed) when the test
-/// cannot run here.
+/// A store with `busybox:latest` imported, or None (with the reason printed).
 fn busybox_store() -> Option<tempfile::TempDir> {
-    if !is_root() {
-        eprintln!("skipped: containers need root (euid 0)");
-        return None;
-    }
-    let busybox = PathBuf::from("/bin/busybox");
-    if !busybox.is_file() {
-        eprintln!("skipped: /bin/busybox is missing (apt-get install busybox-static)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = dir.path().join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::create_dir_all(rootfs.join("etc")).unwrap();
-    fs::create_dir_all(rootfs.join("home/app")).unwrap();
-    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
-    let list = Process::new(&busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout)
-        .unwrap()
-        .lines()
-        .filter(|a| *a != "busybox")
-    {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    fs::write(rootfs.join("etc/passwd"), PASSWD).unwrap();
-    fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    fs::write(rootfs.join("home/app/profile"), "export A=1\n").unwrap();
-    let tar = Process::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
-    assert!(tar.status.success());
-    kiln(&dir)
-        .args(["import", "-c", "CMD [\"sh\"]", "-", "busybox:latest"])
-        .write_stdin(tar.stdout)
-        .assert()
-        .success();
-    Some(dir)
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn kiln(dir: &tempfile::TempDir) -> Command {
-    let mut command = Command::cargo_bin("kiln").unwrap();
-    command.arg("--root").arg(dir.path().join("store"));
-    command
+    common::busybox_store(&["CMD [\"sh\"]"], &[("home/app/profile", "export A=1\n")])
 }
 
 /// Runs a container named `name` that executes `script` and exits.

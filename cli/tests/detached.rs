@@ -3,84 +3,20 @@
 //! printed reason when not root or when busybox is missing.
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use common::kiln;
 use predicates::prelude::*;
 
-/// A store with `busybox:latest` imported, or None (with the reason printed) when the test
-/// cannot run here.
+/// A store with `busybox:latest` imported, or None (with the reason printed).
 fn busybox_store() -> Option<tempfile::TempDir> {
-    if !nix_is_root() {
-        eprintln!("skipped: containers need root (euid 0)");
-        return None;
-    }
-    let busybox = PathBuf::from("/bin/busybox");
-    if !busybox.is_file() {
-        eprintln!("skipped: /bin/busybox is missing (apt-get install busybox-static)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = dir.path().join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::create_dir_all(rootfs.join("etc")).unwrap();
-    fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
-    let list = Process::new(&busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout)
-        .unwrap()
-        .lines()
-        .filter(|a| *a != "busybox")
-    {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    fs::write(
-        rootfs.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    let tar = Process::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
-    assert!(tar.status.success());
-    kiln(&dir)
-        .args([
-            "import",
-            "-c",
-            "CMD [\"sh\"]",
-            "-c",
-            "ENV GREETING=hello",
-            "-",
-            "busybox:latest",
-        ])
-        .write_stdin(tar.stdout)
-        .assert()
-        .success();
-    Some(dir)
-}
-
-fn nix_is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn kiln(dir: &tempfile::TempDir) -> Command {
-    let mut command = Command::cargo_bin("kiln").unwrap();
-    command.arg("--root").arg(dir.path().join("store"));
-    command
+    common::busybox_store(&["CMD [\"sh\"]", "ENV GREETING=hello"], &[])
 }
 
 /// `kiln run -d ARGS...`: returns the full container ID it printed.
