@@ -100,7 +100,12 @@ pub fn load(global: &Global, args: LoadArgs) -> Exit {
         Ok(store) => store,
         Err(exit) => return exit,
     };
-    let options = LoadOptions::default();
+    // Layers that come uncompressed are stored as they come: loading is then as fast as
+    // unpacking (gzip at level 6 is the bottleneck otherwise), and the image keeps its manifest
+    // and blob digests exactly. gzip and zstd layers are always kept as they are.
+    let options = LoadOptions {
+        plain_layers: kiln_cache::layer::Compression::None,
+    };
     let loaded = match &args.input {
         None => archive::load(&mut store, io::stdin().lock(), &options),
         Some(path) if path.is_dir() => archive::load_layout(&mut store, path, &options),
