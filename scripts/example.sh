@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --locked -p kiln-cli
-kiln=target/release/kiln
+kiln="${CARGO_TARGET_DIR:-target}/release/kiln"
 
 echo "== kiln check testdata/example"
 "$kiln" check testdata/example
