@@ -204,17 +204,7 @@ fn join_workdir(base: &str, path: &str) -> String {
     } else {
         format!("{base}/{path}")
     };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            part => parts.push(part),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    kiln_parser::path::clean(&format!("/{joined}"))
 }
 
 /// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp`, `80/udp`, `8000/tcp`, `8001/tcp`, `8002/tcp`.

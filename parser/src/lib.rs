@@ -15,6 +15,7 @@ pub mod expand;
 mod grammar;
 pub mod lint;
 mod lower;
+pub mod path;
 mod syntax;
 
 pub use ast::{Dockerfile, Instruction, Position, Span, Statement, Word};

@@ -189,35 +189,6 @@ fn is_remote_source(source: &str) -> bool {
     source.contains("://") || source.starts_with("git@")
 }
 
-/// Go's `filepath.Clean` on a `/`-separated path, as BuildKit cleans a COPY source before it
-/// looks the source up in the `.dockerignore`.
-fn clean_path(path: &str) -> String {
-    if path.is_empty() {
-        return ".".to_string();
-    }
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|last| *last != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_string(),
-        (false, false) => joined,
-    }
-}
-
 /// The span of one whole line.
 fn line_span(line: usize) -> Span {
     Span {
@@ -772,7 +743,8 @@ impl Linter<'_> {
             if is_remote_source(source) {
                 continue;
             }
-            let cleaned = clean_path(source);
+            // As BuildKit cleans a COPY source before it looks it up in the `.dockerignore`.
+            let cleaned = crate::path::clean(source);
             let ignored = if cleaned == "." || cleaned == "/" {
                 ROOT_PROBES.iter().all(|probe| ignore.is_ignored(probe))
             } else {
