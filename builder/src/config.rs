@@ -39,14 +39,27 @@ pub fn apply(
     statement: &Statement,
     escape: char,
 ) -> Result<(), ConfigError> {
+    apply_with_args(config, statement, escape, &BTreeMap::new())
+}
+
+/// [`apply`] in a build stage: words also see the stage's build arguments (`args`), which the
+/// config's own environment overrides, as in Docker (an ENV beats an ARG of the same name).
+pub fn apply_with_args(
+    config: &mut ContainerConfig,
+    statement: &Statement,
+    escape: char,
+    args: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
     let lexer = Lexer::new(escape);
-    let env: BTreeMap<String, String> = config
-        .env
-        .iter()
-        .flatten()
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect();
+    let mut env: BTreeMap<String, String> = args.clone();
+    env.extend(
+        config
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, value)| (name.to_string(), value.to_string())),
+    );
     let expand = |word: &str| {
         lexer
             .expand_word(word, &env)
@@ -183,7 +196,7 @@ pub fn apply(
 }
 
 /// Exec form as is; shell form wrapped in the image's SHELL (default `/bin/sh -c`).
-fn command_vector(config: &ContainerConfig, command: &CommandLine) -> Vec<String> {
+pub(crate) fn command_vector(config: &ContainerConfig, command: &CommandLine) -> Vec<String> {
     match command {
         CommandLine::Exec(words) => words.iter().map(|word| word.text.clone()).collect(),
         CommandLine::Shell(text) => {

@@ -7,6 +7,8 @@
 //! `kiln import -c` uses and the build will use for the same instructions, and what a container
 //! runs by Docker's rules ([`container`]), and `.dockerignore` matching ([`ignore`]).
 
+pub mod build;
 pub mod config;
 pub mod container;
+pub mod context;
 pub mod ignore;

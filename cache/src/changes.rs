@@ -437,6 +437,157 @@ impl ContainerFs {
     }
 }
 
+/// What a path names in a [`ContainerFs`] (symlinks followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    Directory,
+    /// Anything else: a file, a device, a dangling symlink's target...
+    Other,
+}
+
+impl ContainerFs {
+    /// What `path` names, resolved inside the view with chroot semantics, every symlink
+    /// followed. A path under a missing directory is [`PathKind::Missing`]; one under a
+    /// non-directory is an error ([`ChangesError::NotADirectory`]).
+    pub fn kind(&self, path: &str) -> Result<PathKind, ChangesError> {
+        match resolve(self.root()?, path.as_bytes(), true, path) {
+            Ok(Resolved { found: None, .. }) | Err(ChangesError::NotFound(_)) => {
+                Ok(PathKind::Missing)
+            }
+            Ok(Resolved {
+                found: Some(found), ..
+            }) => Ok(if found.directory.is_some() {
+                PathKind::Directory
+            } else {
+                PathKind::Other
+            }),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `mkdir -p path` inside the view: the missing directories (each resolved inside the
+    /// view, symlinks followed) are created in the upper dir with mode 0755, owner
+    /// `uid:gid` and modification time `mtime` (seconds since the epoch); existing ones are
+    /// left as they are. Fails when a component is not a directory.
+    pub fn make_dirs(
+        &self,
+        path: &str,
+        uid: u32,
+        gid: u32,
+        mtime: u64,
+    ) -> Result<(), ChangesError> {
+        self.make_dirs_following(path, uid, gid, mtime, 0)
+    }
+
+    fn make_dirs_following(
+        &self,
+        path: &str,
+        uid: u32,
+        gid: u32,
+        mtime: u64,
+        links: usize,
+    ) -> Result<(), ChangesError> {
+        let path = clean_path(path);
+        let names: Vec<&str> = path.split('/').filter(|name| !name.is_empty()).collect();
+        let mut existing = 0;
+        let mut prefix = String::from("/");
+        for (index, name) in names.iter().enumerate() {
+            let candidate = format!("{prefix}{name}/");
+            match self.kind(&candidate)? {
+                PathKind::Directory => {
+                    prefix = candidate;
+                    existing = index + 1;
+                }
+                PathKind::Missing => {
+                    // A dangling symlink: create what it points at, inside the view.
+                    if let Some(target) = self.link_target(&format!("{prefix}{name}"))? {
+                        if links >= MAX_SYMLINKS {
+                            return Err(ChangesError::SymlinkLoop(path.clone()));
+                        }
+                        let target = String::from_utf8_lossy(&target).to_string();
+                        let base = if target.starts_with('/') {
+                            String::new()
+                        } else {
+                            prefix.clone()
+                        };
+                        let rest = names[index + 1..].join("/");
+                        let followed = format!("{base}{target}/{rest}");
+                        return self.make_dirs_following(&followed, uid, gid, mtime, links + 1);
+                    }
+                    break;
+                }
+                PathKind::Other => return Err(ChangesError::NotADirectory(candidate)),
+            }
+        }
+        if existing == names.len() {
+            return Ok(());
+        }
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut relative = String::new();
+        for name in &names[existing..] {
+            relative.push_str(name);
+            relative.push('/');
+            let mut header = Header::new_ustar();
+            header.set_entry_type(EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_uid(u64::from(uid));
+            header.set_gid(u64::from(gid));
+            header.set_mtime(mtime);
+            header.set_size(0);
+            archive
+                .append_data(&mut header, &relative, io::empty())
+                .map_err(ChangesError::Output)?;
+        }
+        let bytes = archive.into_inner().map_err(ChangesError::Output)?;
+        self.copy_in(
+            CopySource::Archive(bytes.as_slice()),
+            &prefix,
+            &CopyOptions {
+                archive: true,
+                follow_link: false,
+            },
+        )
+    }
+
+    /// The target of the symlink at `path` (parents resolved inside the view), if it is one.
+    fn link_target(&self, path: &str) -> Result<Option<Vec<u8>>, ChangesError> {
+        let resolved = match resolve(self.root()?, path.as_bytes(), false, path) {
+            Ok(resolved) => resolved,
+            Err(ChangesError::NotFound(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let Some(found) = resolved.found else {
+            return Ok(None);
+        };
+        if file_type(&found.entry.stat) != SFlag::S_IFLNK {
+            return Ok(None);
+        }
+        let target = readlinkat(found.entry.parent.as_fd(), found.entry.name.as_os_str()).map_err(
+            |errno| ChangesError::Read {
+                path: path.to_string(),
+                source: errno.into(),
+            },
+        )?;
+        Ok(Some(target.into_vec()))
+    }
+}
+
+/// `path` with `.` and `..` resolved lexically (`..` stops at the root), absolute.
+fn clean_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for name in path.split('/') {
+        match name {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 /// What a destination path names before the copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Existing {
@@ -1506,27 +1657,31 @@ fn filter_layer(
     Ok(kept)
 }
 
-/// `docker commit`: the container's upper dir becomes a new layer on top of its image's, and a
-/// new image is recorded (and tagged with `options.reference`). Returns the image ID.
+/// Writes `upper` (an overlay upper dir over `parents`, bottom-most first) as a new layer on
+/// top of `parents`: the layer blob (compressed per `options`), and its snapshot keyed by chain
+/// ID, applied from the same bytes. Returns `None` when the upper dir holds no change (only the
+/// runtime's own mount targets, see [`Changes::omitted`], which are never part of the layer).
 ///
 /// The layer is the upper dir as [`layer::write_layer`] writes it (whiteouts and opaque
-/// directories as `.wh.` entries), without [`Changes::omitted`]; it is written once, uncompressed,
-/// to a spool file in the store's `tmp/` while being hashed (diff ID) and compressed into its
-/// blob, then applied from the spool into a new snapshot (overlay whiteouts) keyed by its chain
-/// ID. A container without changes gets an `empty_layer` history entry and no layer, as Docker
-/// does. The history entry's `created_by` is the container's command, its comment the message.
-/// Content is written under the store's ingest lock, and the image recorded only after it.
-pub fn commit(
-    store: &mut Store,
-    container: &ContainerRecord,
-    options: &CommitOptions,
-) -> Result<Digest, ChangesError> {
-    let image = store.image(&container.image)?;
-    let mut config = image_config(store, &image.id)?;
-    let fs = ContainerFs::of(store, container)?;
+/// directories as `.wh.` entries, mtimes clamped to `options.source_date_epoch`), written once,
+/// uncompressed, to a spool file in the store's `tmp/` while being hashed (diff ID) and
+/// compressed into its blob, then applied from the spool into a new snapshot (overlay
+/// whiteouts). The caller holds the store's ingest lock ([`Store::ingest`]) until the metadata
+/// that references the layer is recorded.
+pub fn layer_from_upper(
+    store: &Store,
+    parents: &[LayerRecord],
+    upper: &Path,
+    options: &WriteOptions,
+) -> Result<Option<LayerRecord>, ChangesError> {
+    let fs = ContainerFs::new(
+        upper,
+        parents
+            .iter()
+            .map(|layer| store.snapshot_path(&layer.chain_id))
+            .collect(),
+    );
     let changes = fs.changes()?;
-
-    let _ingest = store.ingest()?;
     let tmp = store.layout().tmp();
     let mut spool = tempfile::tempfile_in(&tmp).map_err(|source| ChangesError::Host {
         path: tmp.clone(),
@@ -1541,6 +1696,7 @@ pub fn commit(
     };
     let (reader, writer) = io::pipe().map_err(ChangesError::Output)?;
     let upper = fs.upper();
+    let source_date_epoch = options.source_date_epoch;
     let kept = std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             layer::write_layer(
@@ -1548,7 +1704,7 @@ pub fn commit(
                 writer,
                 &WriteOptions {
                     compression: Compression::None,
-                    source_date_epoch: None,
+                    source_date_epoch,
                 },
             )
         });
@@ -1576,47 +1732,72 @@ pub fn commit(
         .map_err(LayerError::Output)?
         .commit()
         .map_err(StoreError::from)?;
-
-    let empty_layer = kept == 0;
-    let mut layers = image.layers.clone();
-    if !empty_layer {
-        let chain_id = match image.layers.last() {
-            Some(parent) => Digest::of(format!("{} {diff_id}", parent.chain_id).as_bytes()),
-            None => diff_id,
+    if kept == 0 {
+        return Ok(None);
+    }
+    let parent = parents.last().map(|parent| &parent.chain_id);
+    let chain_id = match parent {
+        Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
+        None => diff_id,
+    };
+    if store.snapshot(&chain_id)?.is_none() {
+        spool.rewind().map_err(|source| ChangesError::Host {
+            path: tmp.clone(),
+            source,
+        })?;
+        let prepared = store.prepare_snapshot()?;
+        let stats = layer::apply_layer(
+            &prepared.path().join("fs"),
+            &mut spool,
+            &ApplyOptions::new(Whiteouts::Overlay),
+        )?;
+        let record = LayerRecord {
+            chain_id,
+            diff_id,
+            blob: stored.digest,
+            media_type: options.compression.media_type().to_string(),
+            blob_size: stored.size,
+            size: stats.bytes,
         };
-        if store.snapshot(&chain_id)?.is_none() {
-            spool.rewind().map_err(|source| ChangesError::Host {
-                path: tmp.clone(),
-                source,
-            })?;
-            let prepared = store.prepare_snapshot()?;
-            let stats = layer::apply_layer(
-                &prepared.path().join("fs"),
-                &mut spool,
-                &ApplyOptions::new(Whiteouts::Overlay),
-            )?;
-            let record = LayerRecord {
-                chain_id,
-                diff_id,
-                blob: stored.digest,
-                media_type: options.compression.media_type().to_string(),
-                blob_size: stored.size,
-                size: stats.bytes,
-            };
-            store.commit_snapshot(
-                prepared,
-                &record,
-                image.layers.last().map(|parent| &parent.chain_id),
-            )?;
-        }
-        let record = store
-            .snapshot(&chain_id)?
-            .ok_or(StoreError::MissingSnapshot {
-                image: image.id,
-                chain_id,
-            })?;
-        layers.push(record);
-        config.rootfs.diff_ids.push(diff_id);
+        store.commit_snapshot(prepared, &record, parent)?;
+    }
+    let record = store
+        .snapshot(&chain_id)?
+        .ok_or(StoreError::MissingSnapshot {
+            image: diff_id,
+            chain_id,
+        })?;
+    Ok(Some(record))
+}
+
+/// `docker commit`: the container's upper dir becomes a new layer on top of its image's (see
+/// [`layer_from_upper`]), and a new image is recorded (and tagged with `options.reference`).
+/// Returns the image ID. A container without changes gets an `empty_layer` history entry and
+/// no layer, as Docker does. The history entry's `created_by` is the container's command, its
+/// comment the message. Content is written under the store's ingest lock, and the image
+/// recorded only after it.
+pub fn commit(
+    store: &mut Store,
+    container: &ContainerRecord,
+    options: &CommitOptions,
+) -> Result<Digest, ChangesError> {
+    let image = store.image(&container.image)?;
+    let mut config = image_config(store, &image.id)?;
+    let _ingest = store.ingest()?;
+    let layer = layer_from_upper(
+        store,
+        &image.layers,
+        &store.container_dir(&container.id).join("upper"),
+        &WriteOptions {
+            compression: options.compression,
+            source_date_epoch: None,
+        },
+    )?;
+    let empty_layer = layer.is_none();
+    let mut layers = image.layers.clone();
+    if let Some(layer) = layer {
+        config.rootfs.diff_ids.push(layer.diff_id);
+        layers.push(layer);
     }
 
     let created = options

@@ -26,6 +26,11 @@ impl Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// A digest already computed (the 32 bytes of a sha256 sum).
+    pub fn from_bytes(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

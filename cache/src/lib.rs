@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod blob;
+pub mod buildcache;
 pub mod changes;
 pub mod container;
 pub mod digest;

@@ -201,6 +201,7 @@ impl Store {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.execute_batch(SCHEMA)?;
+        db.execute_batch(crate::buildcache::SCHEMA)?;
         let version: Option<i64> = db
             .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
             .optional()?;
@@ -523,7 +524,7 @@ impl Store {
         Ok(StoreLock { _lock: lock })
     }
 
-    /// Removes blobs and snapshots that no image references, and what dead processes left in
+    /// Removes blobs and snapshots that no image and no build-cache record references, and what dead processes left in
     /// `tmp/`. Returns the bytes freed. Waits for ingests in progress (see [`Store::ingest`])
     /// and blocks new ones while it runs. Every writer of blobs or snapshots must hold the ingest
     /// lock.
@@ -532,12 +533,14 @@ impl Store {
         let mut freed = 0;
         let transaction = self.db.unchecked_transaction()?;
         transaction.execute(
-            "DELETE FROM snapshots WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)",
+            "DELETE FROM snapshots WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)
+             AND chain_id NOT IN (SELECT chain_id FROM build_cache_layers)",
             [],
         )?;
         let referenced: std::collections::BTreeSet<String> = {
             let mut statement = transaction.prepare(
-                "SELECT id FROM images UNION SELECT manifest FROM images UNION SELECT blob FROM snapshots",
+                "SELECT id FROM images UNION SELECT manifest FROM images UNION SELECT blob FROM snapshots
+                 UNION SELECT config FROM build_cache",
             )?;
             statement
                 .query_map([], |row| row.get::<_, String>(0))?

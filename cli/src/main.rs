@@ -49,6 +49,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile
+    Build(Box<commands::build::BuildArgs>),
+    /// Manage the build cache
+    #[command(subcommand)]
+    Builder(commands::build::BuilderCommand),
     /// Parse and lint a Dockerfile (BuildKit's check rules)
     Check(commands::check::Args),
     /// Look inside kiln: the parser's AST, word expansion
@@ -154,6 +159,8 @@ fn main() -> ExitCode {
     };
     let global = &cli.global;
     let exit = match cli.command {
+        Command::Build(args) => commands::build::run(global, *args),
+        Command::Builder(command) => commands::build::builder(global, command),
         Command::Check(args) => commands::check::run(args),
         Command::Debug(command) => commands::debug::run(command),
         Command::Images(args) | Command::Image(ImageCommand::Ls(args)) => {

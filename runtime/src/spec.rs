@@ -13,7 +13,7 @@ use crate::error::RuntimeError;
 /// Everything needed to start one container process.
 ///
 /// Serialisable: `run` sends it to the re-executed init over a pipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
     /// The container's id: names its cgroup `kiln/<id>` in every hierarchy, so it must be
     /// unique among running containers. ASCII letters, digits, `_`, `.` and `-`, starting
@@ -226,9 +226,10 @@ pub enum Seccomp {
 }
 
 /// Which network namespace the container gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
     /// A new network namespace with only the loopback interface, brought up (`--network none`).
+    #[default]
     None,
     /// The host's network namespace (`--network host`).
     Host,

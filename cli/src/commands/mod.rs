@@ -1,6 +1,7 @@
 //! One module per command: parse arguments, call one library entry point, render.
 
 pub mod archive;
+pub mod build;
 pub mod changes;
 pub mod check;
 pub mod container;

@@ -1,0 +1,2024 @@
+//! `kiln build`: a Dockerfile and a context in, an image in the store out.
+//!
+//! **Model.** Each stage is a chain of states; a state is an image config plus the layers of
+//! its file system. Instructions that only change the config (ENV, CMD, LABEL...) derive the
+//! next state directly. Instructions that change files (RUN, COPY, ADD, WORKDIR creating its
+//! directory) are *file-system steps*: each has a definition digest (the operation and its
+//! parent state's key, what BuildKit calls the vertex digest) and a cache key (the definition
+//! plus the content of its inputs: the selected context files, the source stage's key for
+//! `COPY --from`). A step whose key has a record in the store's build cache is reused without
+//! running; otherwise it runs (RUN in the runtime's sandbox over the parent's layer snapshots;
+//! COPY/ADD by writing into an upper directory through [`kiln_cache::changes::ContainerFs`],
+//! which resolves every destination inside the image root), its upper directory becomes a
+//! layer ([`kiln_cache::changes::layer_from_upper`]) and the result is recorded.
+//!
+//! **Scheduling.** Only the stages the target needs are built (the target, the stages its
+//! FROM and `COPY --from` name, transitively). Stages whose dependencies are built run at the
+//! same time, each on its own thread with its own store handle.
+//!
+//! **Reproducibility.** Keys never include times. A config-only step's key is its parent's key
+//! and the resulting runtime config. History entries of config-only steps take the time of the
+//! state they apply to, so a fully cached rebuild gives the same image ID; with
+//! `source_date_epoch` every time is that epoch and layer mtimes are clamped to it.
+//!
+//! Does not print: progress goes to a [`Progress`] sink as [`Event`]s.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kiln_cache::buildcache::{CacheRecord, NewCacheRecord};
+use kiln_cache::changes::{
+    ChangesError, ContainerFs, CopyOptions, CopySource, CopyTarget, PathKind, layer_from_upper,
+};
+use kiln_cache::digest::Digest;
+use kiln_cache::image::{
+    self, ContainerConfig, Descriptor, History, ImageConfig, Manifest, RootFs,
+};
+use kiln_cache::layer::{Compression, WriteOptions};
+use kiln_cache::reference::Reference;
+use kiln_cache::store::{LayerRecord, NewImage, Store, StoreError};
+use kiln_parser::ast::{CommandLine, Dockerfile, Instruction, Span, Stage, Statement};
+use kiln_parser::expand::Lexer;
+use sha2::{Digest as _, Sha256};
+
+use crate::config::{ConfigError, apply_with_args, command_vector};
+use crate::context::{Context, ContextError, Ownership, Source, has_wildcards};
+
+/// Build arguments every Dockerfile may use without declaring them in the global scope, and
+/// which are passed to RUN without appearing in history or cache keys.
+const PROXY_ARGS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// The host name of RUN steps (BuildKit's).
+const BUILD_HOSTNAME: &str = "buildkitsandbox";
+
+/// How RUN steps reach the network by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuildNetwork {
+    /// The host's network namespace: kiln has no bridge network yet, and builds need to
+    /// download (BuildKit's default network has outbound access too).
+    #[default]
+    Host,
+    /// Only a loopback interface.
+    None,
+}
+
+/// The program the runtime re-executes to create a sandbox (the kiln binary and its hidden
+/// init marker).
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// What to build and how.
+#[derive(Debug)]
+pub struct BuildOptions {
+    /// The Dockerfile as the user named it (for messages).
+    pub dockerfile_name: String,
+    pub dockerfile: String,
+    pub context: Context,
+    /// `--build-arg` values (a `K` without value already looked up by the caller).
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// Tags for the result (normalised by the caller).
+    pub tags: Vec<Reference>,
+    pub labels: BTreeMap<String, String>,
+    pub no_cache: bool,
+    /// Stages (names or indexes) whose steps never use the cache.
+    pub no_cache_filter: Vec<String>,
+    pub network: BuildNetwork,
+    pub source_date_epoch: Option<i64>,
+    pub sandbox: Sandbox,
+    pub compression: Compression,
+}
+
+/// A step of the build, as progress shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A step starts: `[stage 2/5] RUN make`.
+    Started { step: usize, name: String },
+    /// Its result came from the cache.
+    Cached { step: usize },
+    /// Why it could not come from the cache (the changed input).
+    Missed { step: usize, reason: String },
+    /// A line of its output.
+    Output { step: usize, line: String },
+    /// It finished.
+    Done { step: usize, elapsed: Duration },
+    /// It failed (the build error follows).
+    Failed { step: usize },
+    /// A warning about the build (unused build arguments...).
+    Warning { message: String },
+}
+
+/// Where progress events go. Called from several threads at once.
+pub trait Progress: Sync {
+    fn event(&self, event: Event);
+}
+
+/// What a finished build produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// The image ID (config digest).
+    pub image: Digest,
+    pub manifest: Digest,
+    /// File-system steps run and reused.
+    pub executed: usize,
+    pub cached: usize,
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile does not parse.
+    #[error("{}", .0.kind)]
+    Parse(kiln_parser::ParseError),
+    /// An instruction failed: points at the Dockerfile.
+    #[error("{message}")]
+    At {
+        span: Span,
+        message: String,
+        hint: Option<String>,
+        /// The exit code of a failed RUN.
+        exit_code: Option<i32>,
+    },
+    #[error("the Dockerfile has no FROM instruction")]
+    NoStages,
+    #[error("target stage {0:?} could not be found")]
+    UnknownTarget(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Blob(#[from] kiln_cache::blob::BlobError),
+    #[error("writing the image: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("build step thread panicked")]
+    Panicked,
+}
+
+impl BuildError {
+    fn at(span: Span, message: impl std::fmt::Display) -> BuildError {
+        BuildError::At {
+            span,
+            message: message.to_string(),
+            hint: None,
+            exit_code: None,
+        }
+    }
+}
+
+/// The result of a state: its image config, layers and cache key.
+#[derive(Debug, Clone)]
+struct State {
+    config: ImageConfig,
+    layers: Vec<LayerRecord>,
+    key: Digest,
+    /// The time history entries of config-only steps get (RFC 3339).
+    time: Option<String>,
+}
+
+/// A stage as planned: its FROM resolved, its dependencies known.
+#[derive(Debug)]
+struct PlannedStage<'a> {
+    stage: Stage<'a>,
+    /// Lower-cased `AS` name.
+    name: Option<String>,
+    base: Base,
+    /// Stages whose results this one needs (FROM and `COPY --from`).
+    needs: BTreeSet<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Base {
+    Scratch,
+    Stage(usize),
+    Image(String),
+}
+
+/// Shared state of one build.
+struct Build<'a> {
+    options: &'a BuildOptions,
+    store_root: PathBuf,
+    dockerfile: &'a Dockerfile,
+    escape: char,
+    progress: &'a dyn Progress,
+    global_args: BTreeMap<String, String>,
+    step_counter: Mutex<usize>,
+    used_args: Mutex<BTreeSet<String>>,
+    counts: Mutex<(usize, usize)>,
+}
+
+fn sha(parts: &[&[u8]]) -> Digest {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    Digest::from_bytes(hasher.finalize().into())
+}
+
+fn rfc3339(seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(seconds, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn host_platform() -> (&'static str, &'static str) {
+    ("linux", kiln_cache::import::host_architecture())
+}
+
+/// Builds the image `options` describe in the store at `store` and tags it.
+pub fn build(
+    store: &mut Store,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildOutput, BuildError> {
+    let dockerfile = kiln_parser::parse(&options.dockerfile).map_err(BuildError::Parse)?;
+    let escape = dockerfile.directives.escape;
+    let (os, arch) = host_platform();
+    let platform = format!("{os}/{arch}");
+    let mut predefined: BTreeMap<String, String> = [
+        ("TARGETPLATFORM", platform.as_str()),
+        ("TARGETOS", os),
+        ("TARGETARCH", arch),
+        ("TARGETVARIANT", ""),
+        ("BUILDPLATFORM", platform.as_str()),
+        ("BUILDOS", os),
+        ("BUILDARCH", arch),
+        ("BUILDVARIANT", ""),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    // Global ARGs: usable in FROM lines (and, redeclared, inside stages).
+    let lexer = Lexer::new(escape);
+    let mut global_args = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for statement in dockerfile.global_statements() {
+        if let Instruction::Arg(arg) = &statement.instruction {
+            for declaration in &arg.args {
+                let name = declaration.name.text.clone();
+                let value = match options.build_args.get(&name) {
+                    Some(value) => {
+                        used.insert(name.clone());
+                        Some(value.clone())
+                    }
+                    None => match &declaration.default {
+                        Some(default) => {
+                            let mut env = predefined.clone();
+                            env.extend(global_args.clone());
+                            Some(
+                                lexer
+                                    .expand_word(&default.text, &env)
+                                    .map_err(|error| BuildError::at(default.span, error))?
+                                    .value,
+                            )
+                        }
+                        None => None,
+                    },
+                };
+                if let Some(value) = value {
+                    global_args.insert(name, value);
+                }
+            }
+        }
+    }
+    predefined.extend(global_args);
+    let build = Build {
+        options,
+        store_root: store.layout().root().to_path_buf(),
+        dockerfile: &dockerfile,
+        escape,
+        progress,
+        global_args: predefined,
+        step_counter: Mutex::new(0),
+        used_args: Mutex::new(used),
+        counts: Mutex::new((0, 0)),
+    };
+    let stages = build.plan()?;
+    let target = match &options.target {
+        Some(target) => {
+            let lower = target.to_ascii_lowercase();
+            stages
+                .iter()
+                .position(|stage| stage.name.as_deref() == Some(lower.as_str()))
+                .ok_or_else(|| BuildError::UnknownTarget(target.clone()))?
+        }
+        None => stages.len() - 1,
+    };
+    // Only what the target needs.
+    let mut needed = BTreeSet::new();
+    let mut pending = vec![target];
+    while let Some(index) = pending.pop() {
+        if needed.insert(index) {
+            pending.extend(stages[index].needs.iter().copied());
+        }
+    }
+    let _ingest = store.ingest()?;
+    let results: Mutex<HashMap<usize, State>> = Mutex::new(HashMap::new());
+    let mut done: BTreeSet<usize> = BTreeSet::new();
+    while !needed.is_subset(&done) {
+        let ready: Vec<usize> = needed
+            .iter()
+            .copied()
+            .filter(|index| !done.contains(index) && stages[*index].needs.is_subset(&done))
+            .collect();
+        if ready.is_empty() {
+            // A cycle: plan() refuses stages that name later ones, so this cannot happen.
+            return Err(BuildError::NoStages);
+        }
+        let outcomes: Vec<(usize, Result<State, BuildError>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ready
+                .iter()
+                .map(|&index| {
+                    let build = &build;
+                    let stages = &stages;
+                    let results = &results;
+                    (
+                        index,
+                        scope.spawn(move || build.run_stage(stages, index, results)),
+                    )
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(index, handle)| (index, handle.join().unwrap_or(Err(BuildError::Panicked))))
+                .collect()
+        });
+        for (index, outcome) in outcomes {
+            let state = outcome?;
+            results
+                .lock()
+                .map_err(|_| BuildError::Panicked)?
+                .insert(index, state);
+            done.insert(index);
+        }
+    }
+    let unused: Vec<String> = {
+        let used = build.used_args.lock().map_err(|_| BuildError::Panicked)?;
+        options
+            .build_args
+            .keys()
+            .filter(|name| !used.contains(*name) && !PROXY_ARGS.contains(&name.as_str()))
+            .cloned()
+            .collect()
+    };
+    if !unused.is_empty() {
+        progress.event(Event::Warning {
+            message: format!(
+                "One or more build-args [{}] were not consumed",
+                unused.join(" ")
+            ),
+        });
+    }
+    let mut state = results
+        .lock()
+        .map_err(|_| BuildError::Panicked)?
+        .remove(&target)
+        .ok_or(BuildError::NoStages)?;
+    if !options.labels.is_empty() {
+        let labels = state.config.config.labels.get_or_insert_with(BTreeMap::new);
+        labels.extend(options.labels.clone());
+    }
+    let (executed, cached) = *build.counts.lock().map_err(|_| BuildError::Panicked)?;
+    let (image, manifest) = write_image(store, &mut state, options.source_date_epoch)?;
+    for tag in &options.tags {
+        store.tag(&tag.clone().with_default_tag().to_string(), &image)?;
+    }
+    Ok(BuildOutput {
+        image,
+        manifest,
+        executed,
+        cached,
+    })
+}
+
+/// Stores the final state as an image (config, manifest) and records it.
+fn write_image(
+    store: &mut Store,
+    state: &mut State,
+    source_date_epoch: Option<i64>,
+) -> Result<(Digest, Digest), BuildError> {
+    let config = &mut state.config;
+    config.rootfs = RootFs {
+        kind: "layers".to_string(),
+        diff_ids: state.layers.iter().map(|layer| layer.diff_id).collect(),
+    };
+    let created = match source_date_epoch {
+        Some(epoch) => Some(rfc3339(epoch)),
+        None => config
+            .history
+            .iter()
+            .filter_map(|entry| entry.created.clone())
+            .max()
+            .or_else(|| state.time.clone()),
+    };
+    config.created = created.clone();
+    let config_blob = store.blobs().put_bytes(&image::canonical_json(config)?)?;
+    let manifest = Manifest::oci(
+        Descriptor::new(
+            image::MEDIA_TYPE_OCI_CONFIG,
+            config_blob.digest,
+            config_blob.size,
+        ),
+        state
+            .layers
+            .iter()
+            .map(|layer| Descriptor::new(&layer.media_type, layer.blob, layer.blob_size))
+            .collect(),
+    );
+    let manifest_blob = store
+        .blobs()
+        .put_bytes(&image::canonical_json(&manifest)?)?;
+    store.add_image(&NewImage {
+        id: config_blob.digest,
+        manifest: manifest_blob.digest,
+        manifest_media_type: image::MEDIA_TYPE_OCI_MANIFEST.to_string(),
+        created,
+        layers: state.layers.clone(),
+    })?;
+    Ok((config_blob.digest, manifest_blob.digest))
+}
+
+/// What a file-system step does, before its inputs' content is known.
+struct FsStep<'s> {
+    statement: &'s Statement,
+    /// History `created_by`.
+    created_by: String,
+    /// The operation, for the definition digest (no content).
+    definition: serde_json::Value,
+    /// Content inputs: name → digest.
+    inputs: BTreeMap<String, String>,
+}
+
+impl Build<'_> {
+    fn next_step(&self) -> usize {
+        let mut counter = self.step_counter.lock().unwrap_or_else(|e| e.into_inner());
+        *counter += 1;
+        *counter
+    }
+
+    fn open_store(&self) -> Result<Store, BuildError> {
+        Ok(Store::open(&self.store_root)?)
+    }
+
+    /// Resolves every stage's base and dependencies.
+    fn plan(&self) -> Result<Vec<PlannedStage<'_>>, BuildError> {
+        let lexer = Lexer::new(self.escape);
+        let stages = self.dockerfile.stages();
+        if stages.is_empty() {
+            return Err(BuildError::NoStages);
+        }
+        let mut planned: Vec<PlannedStage<'_>> = Vec::new();
+        for stage in stages {
+            let image = lexer
+                .expand_word(&stage.from.image.text, &self.global_args)
+                .map_err(|error| BuildError::at(stage.from.image.span, error))?
+                .value;
+            if image.is_empty() {
+                return Err(BuildError::at(
+                    stage.from.image.span,
+                    "base name should not be blank (is a build argument unset?)",
+                ));
+            }
+            let lower = image.to_ascii_lowercase();
+            let base = if lower == "scratch" {
+                Base::Scratch
+            } else if let Some(index) = planned
+                .iter()
+                .position(|earlier| earlier.name.as_deref() == Some(lower.as_str()))
+            {
+                Base::Stage(index)
+            } else {
+                Base::Image(image)
+            };
+            let mut needs = BTreeSet::new();
+            if let Base::Stage(index) = base {
+                needs.insert(index);
+            }
+            for statement in stage.statements {
+                if let Instruction::Copy(copy) = &statement.instruction
+                    && let Some(from) = &copy.from
+                {
+                    let from_value = lexer
+                        .expand_word(&from.text, &self.global_args)
+                        .map_err(|error| BuildError::at(from.span, error))?
+                        .value
+                        .to_ascii_lowercase();
+                    if let Some(index) = stage_reference(&planned, &from_value) {
+                        needs.insert(index);
+                    } else if from_value.parse::<usize>().is_ok() {
+                        return Err(BuildError::at(
+                            from.span,
+                            format!(
+                                "invalid stage index {from_value}: only earlier stages can be named"
+                            ),
+                        ));
+                    }
+                }
+            }
+            planned.push(PlannedStage {
+                name: stage
+                    .from
+                    .alias
+                    .as_ref()
+                    .map(|alias| alias.text.to_ascii_lowercase()),
+                stage,
+                base,
+                needs,
+            });
+        }
+        Ok(planned)
+    }
+
+    /// The base state of a stage.
+    fn base_state(
+        &self,
+        store: &Store,
+        planned: &PlannedStage<'_>,
+        results: &Mutex<HashMap<usize, State>>,
+    ) -> Result<State, BuildError> {
+        match &planned.base {
+            Base::Stage(index) => results
+                .lock()
+                .map_err(|_| BuildError::Panicked)?
+                .get(index)
+                .cloned()
+                .ok_or(BuildError::Panicked),
+            Base::Scratch => {
+                let (os, arch) = host_platform();
+                Ok(State {
+                    config: ImageConfig {
+                        architecture: arch.to_string(),
+                        os: os.to_string(),
+                        config: ContainerConfig {
+                            env: Some(vec![format!("PATH={}", kiln_runtime::DEFAULT_PATH)]),
+                            ..ContainerConfig::default()
+                        },
+                        ..ImageConfig::default()
+                    },
+                    layers: Vec::new(),
+                    key: sha(&[b"scratch", arch.as_bytes()]),
+                    time: self.options.source_date_epoch.map(rfc3339),
+                })
+            }
+            Base::Image(name) => {
+                let span = planned.stage.from.image.span;
+                let id = store.resolve(name).map_err(|error| BuildError::At {
+                    span,
+                    message: format!("failed to resolve source image {name}: {error}"),
+                    hint: Some(
+                        "kiln builds from images in its store: `kiln load` or `kiln import` it first"
+                            .to_string(),
+                    ),
+                    exit_code: None,
+                })?;
+                let record = store.image(&id)?;
+                let mut config = kiln_cache::changes::image_config(store, &id)
+                    .map_err(|error| BuildError::at(span, error))?;
+                let env = config.config.env.get_or_insert_with(Vec::new);
+                if !env.iter().any(|entry| entry.starts_with("PATH=")) {
+                    env.push(format!("PATH={}", kiln_runtime::DEFAULT_PATH));
+                }
+                let time = config.created.clone();
+                Ok(State {
+                    config,
+                    layers: record.layers,
+                    key: sha(&[b"image", record.manifest.to_string().as_bytes()]),
+                    time: self.options.source_date_epoch.map(rfc3339).or(time),
+                })
+            }
+        }
+    }
+
+    fn run_stage(
+        &self,
+        stages: &[PlannedStage<'_>],
+        index: usize,
+        results: &Mutex<HashMap<usize, State>>,
+    ) -> Result<State, BuildError> {
+        let mut store = self.open_store()?;
+        let planned = &stages[index];
+        let mut state = self.base_state(&store, planned, results)?;
+        let stage_label = planned
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{index}"));
+        let no_cache = self.options.no_cache
+            || self.options.no_cache_filter.iter().any(|filter| {
+                filter.eq_ignore_ascii_case(&stage_label) || *filter == index.to_string()
+            });
+        // Build arguments declared in this stage (with their values), and the environment.
+        let mut args: BTreeMap<String, String> = BTreeMap::new();
+        let total = planned.stage.statements.len() + 1;
+        {
+            let step = self.next_step();
+            self.progress.event(Event::Started {
+                step,
+                name: format!(
+                    "[{stage_label} 1/{total}] FROM {}",
+                    planned.stage.from.image.text
+                ),
+            });
+            self.progress.event(Event::Done {
+                step,
+                elapsed: Duration::ZERO,
+            });
+        }
+        for (position, statement) in planned.stage.statements.iter().enumerate() {
+            let label = format!(
+                "[{stage_label} {}/{total}] {} {}",
+                position + 2,
+                statement.keyword.text.to_ascii_uppercase(),
+                statement.original.trim()
+            );
+            match &statement.instruction {
+                Instruction::Arg(arg) => {
+                    for declaration in &arg.args {
+                        let name = declaration.name.text.clone();
+                        let value = if let Some(value) = self.options.build_args.get(&name) {
+                            self.used_args
+                                .lock()
+                                .map_err(|_| BuildError::Panicked)?
+                                .insert(name.clone());
+                            Some(value.clone())
+                        } else if let Some(default) = &declaration.default {
+                            let env = self.visible_env(&state, &args);
+                            Some(
+                                Lexer::new(self.escape)
+                                    .expand_word(&default.text, &env)
+                                    .map_err(|error| BuildError::at(default.span, error))?
+                                    .value,
+                            )
+                        } else {
+                            self.global_args.get(&name).cloned()
+                        };
+                        match value {
+                            Some(value) => {
+                                args.insert(name, value);
+                            }
+                            None => {
+                                args.remove(&name);
+                            }
+                        }
+                    }
+                    state.key = sha(&[
+                        state.key.as_bytes(),
+                        b"arg",
+                        serde_json::to_string(&args)?.as_bytes(),
+                    ]);
+                }
+                Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => {
+                    let step = self.next_step();
+                    self.progress.event(Event::Started { step, name: label });
+                    let started = Instant::now();
+                    let result = self.fs_step(
+                        &mut store, stages, results, &state, &args, statement, step, no_cache,
+                    );
+                    match result {
+                        Ok(next) => {
+                            state = next;
+                            self.progress.event(Event::Done {
+                                step,
+                                elapsed: started.elapsed(),
+                            });
+                        }
+                        Err(error) => {
+                            self.progress.event(Event::Failed { step });
+                            return Err(error);
+                        }
+                    }
+                }
+                Instruction::Maintainer(author) => {
+                    let mut next = state.clone();
+                    next.config.author = Some(author.text.clone());
+                    self.config_history(&mut next, statement);
+                    next.key = sha(&[state.key.as_bytes(), b"maintainer", author.text.as_bytes()]);
+                    state = next;
+                }
+                Instruction::From(_) => {}
+                Instruction::Cmd(_)
+                | Instruction::Label(_)
+                | Instruction::Expose(_)
+                | Instruction::Env(_)
+                | Instruction::Entrypoint(_)
+                | Instruction::Volume(_)
+                | Instruction::User(_)
+                | Instruction::Workdir(_)
+                | Instruction::Onbuild(_)
+                | Instruction::Stopsignal(_)
+                | Instruction::Healthcheck(_)
+                | Instruction::Shell(_) => {
+                    let mut next = state.clone();
+                    apply_with_args(&mut next.config.config, statement, self.escape, &args)
+                        .map_err(|error| config_error(statement, error))?;
+                    self.config_history(&mut next, statement);
+                    next.key = sha(&[
+                        state.key.as_bytes(),
+                        b"config",
+                        &image::canonical_json(&next.config.config)?,
+                    ]);
+                    let workdir_changed = matches!(statement.instruction, Instruction::Workdir(_));
+                    state = next;
+                    if workdir_changed {
+                        let step = self.next_step();
+                        self.progress.event(Event::Started { step, name: label });
+                        let started = Instant::now();
+                        state = self.workdir_step(&mut store, &state, statement, step, no_cache)?;
+                        self.progress.event(Event::Done {
+                            step,
+                            elapsed: started.elapsed(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// The environment words of a stage see: the config's env over the declared args.
+    fn visible_env(
+        &self,
+        state: &State,
+        args: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut env = args.clone();
+        env.extend(
+            state
+                .config
+                .config
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        );
+        env
+    }
+
+    fn config_history(&self, state: &mut State, statement: &Statement) {
+        state.config.history.push(History {
+            created: state.time.clone(),
+            created_by: Some(format!(
+                "{} {}",
+                statement.keyword.text.to_ascii_uppercase(),
+                statement.original.trim()
+            )),
+            comment: Some("buildkit.dockerfile.v0".to_string()),
+            empty_layer: true,
+            ..History::default()
+        });
+    }
+
+    fn now(&self) -> String {
+        match self.options.source_date_epoch {
+            Some(epoch) => rfc3339(epoch),
+            None => kiln_cache::import::creation_time(),
+        }
+    }
+
+    /// Looks the step up in the cache or runs it; returns the next state.
+    #[allow(clippy::too_many_arguments)]
+    fn fs_step(
+        &self,
+        store: &mut Store,
+        stages: &[PlannedStage<'_>],
+        results: &Mutex<HashMap<usize, State>>,
+        state: &State,
+        args: &BTreeMap<String, String>,
+        statement: &Statement,
+        step: usize,
+        no_cache: bool,
+    ) -> Result<State, BuildError> {
+        let env = self.visible_env(state, args);
+        let lexer = Lexer::new(self.escape);
+        let expand = |word: &kiln_parser::ast::Word| -> Result<String, BuildError> {
+            Ok(lexer
+                .expand_word(&word.text, &env)
+                .map_err(|error| BuildError::at(word.span, error))?
+                .value)
+        };
+        match &statement.instruction {
+            Instruction::Run(run) => {
+                let process_env = self.run_env(state, args);
+                let argv = self.run_argv(state, run, statement)?;
+                let network = match run.network {
+                    Some(kiln_parser::ast::Network::None) => "none",
+                    Some(kiln_parser::ast::Network::Host) => "host",
+                    _ => match self.options.network {
+                        BuildNetwork::Host => "host",
+                        BuildNetwork::None => "none",
+                    },
+                };
+                if let Some(mount) = run.mounts.first() {
+                    return Err(BuildError::at(
+                        mount.span,
+                        "RUN --mount is not supported yet by kiln",
+                    ));
+                }
+                let definition = serde_json::json!({
+                    "op": "run",
+                    "args": argv,
+                    "env": process_env.iter().filter(|entry| !is_proxy(entry)).collect::<Vec<_>>(),
+                    "user": state.config.config.user,
+                    "cwd": state.config.config.working_dir,
+                    "network": network,
+                });
+                let created_by = format!("RUN {} # buildkit", argv.join(" "));
+                let step_def = FsStep {
+                    statement,
+                    created_by,
+                    definition,
+                    inputs: BTreeMap::new(),
+                };
+                self.cached_or(store, state, step_def, step, no_cache, |store, upper| {
+                    self.execute_run(
+                        store,
+                        state,
+                        upper,
+                        argv.clone(),
+                        process_env.clone(),
+                        network,
+                        statement,
+                        step,
+                    )
+                })
+            }
+            Instruction::Copy(copy) => {
+                let sources: Vec<String> = copy
+                    .paths
+                    .sources
+                    .iter()
+                    .map(&expand)
+                    .collect::<Result<_, _>>()?;
+                let destination = expand(&copy.paths.destination)?;
+                let chown = copy.chown.as_ref().map(&expand).transpose()?;
+                let chmod = copy.chmod.as_ref().map(&expand).transpose()?;
+                let from = copy.from.as_ref().map(&expand).transpose()?;
+                self.copy_step(
+                    store,
+                    stages,
+                    results,
+                    state,
+                    statement,
+                    step,
+                    no_cache,
+                    CopyRequest {
+                        sources,
+                        heredocs: &copy.paths.heredocs,
+                        destination,
+                        chown,
+                        chmod,
+                        from,
+                        add: false,
+                    },
+                )
+            }
+            Instruction::Add(add) => {
+                let sources: Vec<String> = add
+                    .paths
+                    .sources
+                    .iter()
+                    .map(&expand)
+                    .collect::<Result<_, _>>()?;
+                if let Some(remote) = sources
+                    .iter()
+                    .find(|source| source.contains("://") || source.starts_with("git@"))
+                {
+                    return Err(BuildError::at(
+                        statement.span,
+                        format!(
+                            "ADD from a URL or git repository ({remote}) is not supported yet by kiln: download it in a RUN step or into the context"
+                        ),
+                    ));
+                }
+                let destination = expand(&add.paths.destination)?;
+                let chown = add.chown.as_ref().map(&expand).transpose()?;
+                let chmod = add.chmod.as_ref().map(&expand).transpose()?;
+                self.copy_step(
+                    store,
+                    stages,
+                    results,
+                    state,
+                    statement,
+                    step,
+                    no_cache,
+                    CopyRequest {
+                        sources,
+                        heredocs: &add.paths.heredocs,
+                        destination,
+                        chown,
+                        chmod,
+                        from: None,
+                        add: add.unpack != Some(false),
+                    },
+                )
+            }
+            Instruction::From(_)
+            | Instruction::Cmd(_)
+            | Instruction::Label(_)
+            | Instruction::Maintainer(_)
+            | Instruction::Expose(_)
+            | Instruction::Env(_)
+            | Instruction::Entrypoint(_)
+            | Instruction::Volume(_)
+            | Instruction::User(_)
+            | Instruction::Workdir(_)
+            | Instruction::Arg(_)
+            | Instruction::Onbuild(_)
+            | Instruction::Stopsignal(_)
+            | Instruction::Healthcheck(_)
+            | Instruction::Shell(_) => {
+                Err(BuildError::at(statement.span, "not a file-system step"))
+            }
+        }
+    }
+
+    /// The environment of a RUN process: the config's env, then declared build args the env
+    /// does not set, then proxy args.
+    fn run_env(&self, state: &State, args: &BTreeMap<String, String>) -> Vec<String> {
+        let mut env: Vec<String> = state.config.config.env.clone().unwrap_or_default();
+        let set: BTreeSet<String> = env
+            .iter()
+            .filter_map(|entry| entry.split_once('=').map(|(name, _)| name.to_string()))
+            .collect();
+        for (name, value) in args {
+            if !set.contains(name) {
+                env.push(format!("{name}={value}"));
+            }
+        }
+        for name in PROXY_ARGS {
+            if let Some(value) = self.options.build_args.get(name)
+                && !args.contains_key(name)
+            {
+                env.push(format!("{name}={value}"));
+            }
+        }
+        env
+    }
+
+    fn run_argv(
+        &self,
+        state: &State,
+        run: &kiln_parser::ast::Run,
+        statement: &Statement,
+    ) -> Result<Vec<String>, BuildError> {
+        let config = &state.config.config;
+        match &run.command {
+            CommandLine::Exec(words) => Ok(words.iter().map(|word| word.text.clone()).collect()),
+            CommandLine::Shell(text) => {
+                let script = text.text.trim();
+                if let [heredoc] = run.heredocs.as_slice()
+                    && script.starts_with("<<")
+                    && script
+                        .trim_start_matches("<<")
+                        .trim_start_matches('-')
+                        .trim_matches(['"', '\''])
+                        == heredoc.name
+                {
+                    if heredoc.content.starts_with("#!") {
+                        return Err(BuildError::at(
+                            statement.span,
+                            "RUN with a #! heredoc script is not supported yet by kiln",
+                        ));
+                    }
+                    let mut argv = command_vector(
+                        config,
+                        &CommandLine::Shell(kiln_parser::ast::Word {
+                            text: heredoc.content.clone(),
+                            span: text.span,
+                        }),
+                    );
+                    argv.truncate(argv.len());
+                    return Ok(argv);
+                }
+                let mut full = text.text.clone();
+                for heredoc in &run.heredocs {
+                    full.push('\n');
+                    full.push_str(&heredoc.content);
+                    full.push_str(&heredoc.name);
+                }
+                Ok(command_vector(
+                    config,
+                    &CommandLine::Shell(kiln_parser::ast::Word {
+                        text: full,
+                        span: text.span,
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// The shared cache lookup / execute / record path of file-system steps. `execute` writes
+    /// the step's changes into the upper dir it is given (over the parent's layers) and may
+    /// change the config.
+    fn cached_or(
+        &self,
+        store: &mut Store,
+        state: &State,
+        step_def: FsStep<'_>,
+        step: usize,
+        no_cache: bool,
+        execute: impl FnOnce(&mut Store, &Path) -> Result<(), BuildError>,
+    ) -> Result<State, BuildError> {
+        let definition = sha(&[
+            state.key.as_bytes(),
+            &image::canonical_json(&step_def.definition)?,
+        ]);
+        let key = sha(&[
+            definition.as_bytes(),
+            serde_json::to_string(&step_def.inputs)?.as_bytes(),
+        ]);
+        if !no_cache && let Some(record) = store.build_cache_lookup(&key)? {
+            let config: ImageConfig = serde_json::from_slice(&store.blobs().read(&record.config)?)?;
+            self.progress.event(Event::Cached { step });
+            if let Ok(mut counts) = self.counts.lock() {
+                counts.1 += 1;
+            }
+            return Ok(State {
+                time: config
+                    .history
+                    .last()
+                    .and_then(|entry| entry.created.clone())
+                    .or_else(|| state.time.clone()),
+                config,
+                layers: record.layers,
+                key,
+            });
+        }
+        if !no_cache {
+            let reason = explain_miss(store, &definition, &step_def.inputs)?;
+            self.progress.event(Event::Missed { step, reason });
+        }
+        let work = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(store.layout().tmp())
+            .map_err(|source| {
+                BuildError::at(
+                    step_def.statement.span,
+                    format!("creating a build directory: {source}"),
+                )
+            })?;
+        let upper = work.path().join("upper");
+        fs::create_dir(&upper).map_err(|source| {
+            BuildError::at(
+                step_def.statement.span,
+                format!("creating {}: {source}", upper.display()),
+            )
+        })?;
+        execute(store, work.path())?;
+        let layer = layer_from_upper(
+            store,
+            &state.layers,
+            &upper,
+            &WriteOptions {
+                compression: self.options.compression,
+                source_date_epoch: self.options.source_date_epoch,
+            },
+        )
+        .map_err(|error| BuildError::at(step_def.statement.span, error))?;
+        let time = self.now();
+        let mut next = state.clone();
+        next.key = key;
+        next.time = Some(time.clone());
+        let empty_layer = layer.is_none();
+        let size = layer.as_ref().map_or(0, |layer| layer.size);
+        if let Some(layer) = layer {
+            next.layers.push(layer);
+        }
+        next.config.history.push(History {
+            created: Some(time),
+            created_by: Some(step_def.created_by.clone()),
+            comment: Some("buildkit.dockerfile.v0".to_string()),
+            empty_layer,
+            ..History::default()
+        });
+        let config_blob = store
+            .blobs()
+            .put_bytes(&image::canonical_json(&next.config)?)?;
+        store.build_cache_insert(&NewCacheRecord {
+            key,
+            definition,
+            description: &step_def.created_by,
+            inputs: &step_def.inputs,
+            config: config_blob.digest,
+            layers: &next.layers,
+            size,
+        })?;
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.0 += 1;
+        }
+        drop(work);
+        Ok(next)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    // The spec is filled field by field: it grows with the runtime, defaults suit a build.
+    #[allow(clippy::field_reassign_with_default)]
+    fn execute_run(
+        &self,
+        store: &Store,
+        state: &State,
+        work: &Path,
+        argv: Vec<String>,
+        env: Vec<String>,
+        network: &str,
+        statement: &Statement,
+        step: usize,
+    ) -> Result<(), BuildError> {
+        let id = format!(
+            "kiln-build-{}",
+            &sha(&[
+                work.as_os_str().as_encoded_bytes(),
+                &std::process::id().to_le_bytes()
+            ])
+            .hex()[..24]
+        );
+        let mounts = Vec::new();
+        let work_dir = work.join("work");
+        fs::create_dir_all(&work_dir).map_err(|source| {
+            BuildError::at(
+                statement.span,
+                format!("creating {}: {source}", work_dir.display()),
+            )
+        })?;
+        let config = &state.config.config;
+        // Field by field: the spec grows with the runtime, and defaults are right for a build.
+        let mut spec = kiln_runtime::Spec::default();
+        spec.id = id;
+        spec.container_dir = work.to_path_buf();
+        spec.lower_dirs = state
+            .layers
+            .iter()
+            .map(|layer| store.snapshot_path(&layer.chain_id))
+            .collect();
+        spec.upper_dir = work.join("upper");
+        spec.work_dir = work_dir;
+        spec.args = argv.clone();
+        spec.env = env;
+        spec.cwd = config
+            .working_dir
+            .clone()
+            .filter(|dir| !dir.is_empty())
+            .unwrap_or_else(|| "/".to_string());
+        spec.user = config.user.clone().filter(|user| !user.is_empty());
+        spec.hostname = BUILD_HOSTNAME.to_string();
+        spec.network = if network == "none" {
+            kiln_runtime::Network::None
+        } else {
+            kiln_runtime::Network::Host
+        };
+        spec.mounts = mounts;
+        let (out_reader, out_writer) = io::pipe().map_err(|source| {
+            BuildError::at(statement.span, format!("creating a pipe: {source}"))
+        })?;
+        let err_writer = out_writer.try_clone().map_err(|source| {
+            BuildError::at(statement.span, format!("creating a pipe: {source}"))
+        })?;
+        let io = kiln_runtime::Io {
+            stdin: Stdio::null(),
+            stdout: Stdio::from(out_writer),
+            stderr: Stdio::from(err_writer),
+        };
+        let program = &self.options.sandbox.program;
+        let init_args: Vec<&str> = self
+            .options
+            .sandbox
+            .args
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let outcome = std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut lines = BufReader::new(out_reader);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match lines.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => self.progress.event(Event::Output {
+                            step,
+                            line: String::from_utf8_lossy(&line)
+                                .trim_end_matches('\n')
+                                .to_string(),
+                        }),
+                    }
+                }
+            });
+            let outcome = kiln_runtime::run(&spec, program, &init_args, io);
+            let _ = reader.join();
+            outcome
+        });
+        let shown = argv.join(" ");
+        match outcome {
+            Ok(outcome) if outcome.code() == 0 => Ok(()),
+            Ok(outcome) => Err(BuildError::At {
+                span: statement.span,
+                message: format!(
+                    "process \"{shown}\" did not complete successfully: exit code: {}",
+                    outcome.code()
+                ),
+                hint: None,
+                exit_code: Some(outcome.code()),
+            }),
+            Err(error) => Err(BuildError::At {
+                span: statement.span,
+                message: format!("process \"{shown}\" could not run: {error}"),
+                hint: None,
+                exit_code: Some(error.exit_code()),
+            }),
+        }
+    }
+
+    fn workdir_step(
+        &self,
+        store: &mut Store,
+        state: &State,
+        statement: &Statement,
+        step: usize,
+        no_cache: bool,
+    ) -> Result<State, BuildError> {
+        let path = state
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_string());
+        let (_view, lower) = image_view(store, &state.layers)?;
+        // An existing directory needs no layer.
+        if state.layers.is_empty() && path == "/" {
+            return Ok(state.clone());
+        }
+        if !state.layers.is_empty() && matches!(lower.kind(&path), Ok(PathKind::Directory)) {
+            self.progress.event(Event::Cached { step });
+            return Ok(state.clone());
+        }
+        let step_def = FsStep {
+            statement,
+            created_by: format!("WORKDIR {path} # buildkit"),
+            definition: serde_json::json!({"op": "mkdir", "path": path}),
+            inputs: BTreeMap::new(),
+        };
+        let mtime = self.options.source_date_epoch.unwrap_or(0).max(0) as u64;
+        let mut next = self.cached_or(store, state, step_def, step, no_cache, |store, work| {
+            let fs = ContainerFs::new(
+                work.join("upper"),
+                state
+                    .layers
+                    .iter()
+                    .map(|layer| store.snapshot_path(&layer.chain_id))
+                    .collect(),
+            );
+            fs.make_dirs(&path, 0, 0, mtime)
+                .map_err(|error| BuildError::at(statement.span, error))
+        })?;
+        // WORKDIR's history entry is the config one already pushed; drop the step's own.
+        if next.config.history.len() >= 2 {
+            next.config.history.pop();
+            if let Some(last) = next.config.history.last_mut() {
+                last.empty_layer = next.layers.len() == state.layers.len();
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// A read-only view of `layers` (an empty upper dir over their snapshots). Keep the returned
+/// directory alive as long as the view is used.
+fn image_view(
+    store: &Store,
+    layers: &[LayerRecord],
+) -> Result<(tempfile::TempDir, ContainerFs), BuildError> {
+    let tmp = store.layout().tmp();
+    let empty = tempfile::Builder::new()
+        .prefix("view-")
+        .tempdir_in(&tmp)
+        .map_err(|source| StoreError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+    let fs = ContainerFs::new(
+        empty.path(),
+        layers
+            .iter()
+            .map(|layer| store.snapshot_path(&layer.chain_id))
+            .collect(),
+    );
+    Ok((empty, fs))
+}
+
+/// A COPY or ADD with its words expanded.
+struct CopyRequest<'a> {
+    sources: Vec<String>,
+    heredocs: &'a [kiln_parser::ast::Heredoc],
+    destination: String,
+    chown: Option<String>,
+    chmod: Option<String>,
+    from: Option<String>,
+    /// ADD: unpack local archives.
+    add: bool,
+}
+
+fn stage_reference(planned: &[PlannedStage<'_>], name: &str) -> Option<usize> {
+    if let Ok(index) = name.parse::<usize>() {
+        return (index < planned.len()).then_some(index);
+    }
+    planned
+        .iter()
+        .position(|stage| stage.name.as_deref() == Some(name))
+}
+
+fn is_proxy(entry: &str) -> bool {
+    entry
+        .split_once('=')
+        .is_some_and(|(name, _)| PROXY_ARGS.contains(&name))
+}
+
+fn config_error(statement: &Statement, error: ConfigError) -> BuildError {
+    BuildError::at(statement.span, error)
+}
+
+/// Why a step missed the cache, from the last record with the same definition.
+fn explain_miss(
+    store: &Store,
+    definition: &Digest,
+    inputs: &BTreeMap<String, String>,
+) -> Result<String, BuildError> {
+    let Some(previous) = store.build_cache_same_definition(definition)? else {
+        return Ok("no earlier build ran this step on the same previous steps".to_string());
+    };
+    Ok(describe_input_changes(&previous, inputs))
+}
+
+fn describe_input_changes(previous: &CacheRecord, inputs: &BTreeMap<String, String>) -> String {
+    let mut changes = Vec::new();
+    for (name, digest) in inputs {
+        match previous.inputs.get(name) {
+            None => changes.push(format!("{name} is new")),
+            Some(old) if old != digest => changes.push(format!("{name} changed")),
+            Some(_) => {}
+        }
+    }
+    for name in previous.inputs.keys() {
+        if !inputs.contains_key(name) {
+            changes.push(format!("{name} is gone"));
+        }
+    }
+    if changes.is_empty() {
+        return "the step's inputs are unchanged but its cached result is gone (pruned)"
+            .to_string();
+    }
+    let more = changes.len().saturating_sub(5);
+    changes.truncate(5);
+    let mut text = changes.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
+// ------------------------------------------------------------------------------------------
+// COPY and ADD
+
+/// Numeric owner of `--chown`, resolved in the image's `/etc/passwd` and `/etc/group`.
+fn resolve_chown(fs: &ContainerFs, chown: &str) -> Result<(u32, u32), String> {
+    let (user, group) = match chown.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (chown, None),
+    };
+    let lookup = |file: &str, name: &str, field: usize| -> Result<Option<(u32, u32)>, String> {
+        let Some(text) = read_image_file(fs, file) else {
+            return Ok(None);
+        };
+        Ok(text.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&name) && fields.len() > field).then(|| {
+                let first = fields.get(2).and_then(|id| id.parse().ok()).unwrap_or(0);
+                let second = fields
+                    .get(3)
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or(first);
+                (first, second)
+            })
+        }))
+    };
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => lookup("/etc/passwd", user, 3)?.ok_or_else(|| {
+            format!("unable to find user {user}: no matching entries in passwd file")
+        })?,
+    };
+    let gid = match group {
+        None => {
+            if user.parse::<u32>().is_ok() {
+                uid
+            } else {
+                primary_gid
+            }
+        }
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup("/etc/group", group, 2)?
+                .map(|(gid, _)| gid)
+                .ok_or_else(|| {
+                    format!("unable to find group {group}: no matching entries in group file")
+                })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// A small text file of the image (through the merged view), if it exists.
+fn read_image_file(fs: &ContainerFs, path: &str) -> Option<String> {
+    let mut archive = Vec::new();
+    fs.copy_out(
+        path,
+        CopyTarget::Archive(&mut archive),
+        &CopyOptions::default(),
+    )
+    .ok()?;
+    let mut reader = tar::Archive::new(archive.as_slice());
+    let mut entry = reader.entries().ok()?.next()?.ok()?;
+    let mut text = String::new();
+    entry.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// `--chmod` in octal (`755`, `0644`).
+fn parse_chmod(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o7777)
+        .ok_or_else(|| {
+            format!("invalid --chmod={text}: kiln supports octal modes (e.g. 0755) so far")
+        })
+}
+
+/// Whether a file starts like an archive ADD unpacks (tar, possibly compressed).
+fn is_archive(path: &Path) -> bool {
+    let mut magic = [0u8; 262];
+    let Ok(mut file) = fs::File::open(path) else {
+        return false;
+    };
+    let mut read = 0;
+    while read < magic.len() {
+        match file.read(&mut magic[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    let magic = &magic[..read];
+    magic.starts_with(&[0x1f, 0x8b])
+        || magic.starts_with(b"BZh")
+        || magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (magic.len() >= 262 && &magic[257..262] == b"ustar")
+}
+
+impl Build<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn copy_step(
+        &self,
+        store: &mut Store,
+        stages: &[PlannedStage<'_>],
+        results: &Mutex<HashMap<usize, State>>,
+        state: &State,
+        statement: &Statement,
+        step: usize,
+        no_cache: bool,
+        request: CopyRequest<'_>,
+    ) -> Result<State, BuildError> {
+        let span = statement.span;
+        let keyword = statement.keyword.text.to_ascii_uppercase();
+        let workdir = state
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_string());
+        let mut destination = request.destination.clone();
+        if !destination.starts_with('/') {
+            destination = format!("{}/{}", workdir.trim_end_matches('/'), destination);
+        }
+        let dest_is_dir_syntax = request.destination.ends_with('/')
+            || request.destination.ends_with("/.")
+            || request.destination == "."
+            || request.destination.is_empty();
+        let (_view, image_fs) = image_view(store, &state.layers)?;
+        let (uid, gid) = match &request.chown {
+            Some(chown) => {
+                resolve_chown(&image_fs, chown).map_err(|message| BuildError::at(span, message))?
+            }
+            None => (0, 0),
+        };
+        let mode = request
+            .chmod
+            .as_deref()
+            .map(parse_chmod)
+            .transpose()
+            .map_err(|message| BuildError::at(span, message))?;
+        let ownership = Ownership { uid, gid, mode };
+        let heredoc_names: BTreeSet<String> = request
+            .heredocs
+            .iter()
+            .map(|heredoc| heredoc.name.clone())
+            .collect();
+
+        // Sources: heredocs, another stage or image, or the context.
+        enum Item {
+            Context(Source),
+            Heredoc(String, String),
+            Foreign(String),
+        }
+        let mut items = Vec::new();
+        let mut inputs = BTreeMap::new();
+        let mut several = request.sources.len() > 1;
+        let foreign = match &request.from {
+            Some(from) => Some(self.foreign_fs(store, stages, results, from, span)?),
+            None => None,
+        };
+        for source in &request.sources {
+            if let Some(name) = source
+                .strip_prefix("<<")
+                .map(|name| name.trim_start_matches('-').trim_matches(['"', '\'']))
+                && heredoc_names.contains(name)
+            {
+                let heredoc = request
+                    .heredocs
+                    .iter()
+                    .find(|heredoc| heredoc.name == name)
+                    .ok_or_else(|| BuildError::at(span, "heredoc not found"))?;
+                inputs.insert(
+                    format!("<<{name}"),
+                    Digest::of(heredoc.content.as_bytes()).to_string(),
+                );
+                items.push(Item::Heredoc(name.to_string(), heredoc.content.clone()));
+                continue;
+            }
+            if let Some((_, _, key)) = &foreign {
+                if has_wildcards(source) {
+                    return Err(BuildError::at(
+                        span,
+                        format!(
+                            "{keyword} --from with wildcards ({source}) is not supported yet by kiln"
+                        ),
+                    ));
+                }
+                inputs.insert(format!("from:{source}"), key.to_string());
+                items.push(Item::Foreign(source.clone()));
+                continue;
+            }
+            let matched = self
+                .options
+                .context
+                .sources(source)
+                .map_err(|error| context_error(span, &keyword, source, error))?;
+            if has_wildcards(source) {
+                several |= matched.len() > 1;
+                if matched.is_empty() && request.sources.len() == 1 {
+                    return Err(BuildError::at(
+                        span,
+                        format!("failed to compute cache key: no source files match \"{source}\""),
+                    ));
+                }
+            }
+            for matched in matched {
+                let digest = self
+                    .options
+                    .context
+                    .digest(&matched, &mut inputs)
+                    .map_err(|error| context_error(span, &keyword, source, error))?;
+                inputs.insert(
+                    format!(
+                        "{}:{}",
+                        if matched.is_dir { "dir" } else { "file" },
+                        matched.relative
+                    ),
+                    digest.to_string(),
+                );
+                items.push(Item::Context(matched));
+            }
+        }
+        if several && !dest_is_dir_syntax {
+            return Err(BuildError::at(
+                span,
+                format!(
+                    "When using {keyword} with more than one source file, the destination must be a directory and end with a /"
+                ),
+            ));
+        }
+        let definition = serde_json::json!({
+            "op": keyword.to_ascii_lowercase(),
+            "sources": request.sources,
+            "destination": destination,
+            "dirSyntax": dest_is_dir_syntax,
+            "owner": [uid, gid],
+            "mode": mode,
+            "unpack": request.add,
+            "clamp": self.options.source_date_epoch,
+        });
+        let created_by = format!("{keyword} {} # buildkit", statement.original.trim());
+        let step_def = FsStep {
+            statement,
+            created_by,
+            definition,
+            inputs,
+        };
+        let clamp = self.options.source_date_epoch;
+        let mtime = clamp.unwrap_or(0).max(0) as u64;
+        let context = &self.options.context;
+        self.cached_or(store, state, step_def, step, no_cache, |store, work| {
+            let fs = ContainerFs::new(
+                work.join("upper"),
+                state
+                    .layers
+                    .iter()
+                    .map(|layer| store.snapshot_path(&layer.chain_id))
+                    .collect(),
+            );
+            let at = |error: ChangesError| BuildError::at(span, error);
+            let existing_dir = matches!(fs.kind(&destination).map_err(at)?, PathKind::Directory);
+            let into_dir = dest_is_dir_syntax || several || existing_dir;
+            let spool_dir = work.to_path_buf();
+            // (directory to copy into, archive) pairs.
+            let copy_archive = |directory: &str,
+                                build: &mut dyn FnMut(
+                &mut tar::Builder<&mut fs::File>,
+            ) -> Result<(), BuildError>|
+             -> Result<(), BuildError> {
+                fs.make_dirs(directory, uid, gid, mtime).map_err(at)?;
+                let mut spool = tempfile::tempfile_in(&spool_dir)
+                    .map_err(|source| BuildError::at(span, source))?;
+                {
+                    let mut archive = tar::Builder::new(&mut spool);
+                    build(&mut archive)?;
+                    archive
+                        .finish()
+                        .map_err(|source| BuildError::at(span, source))?;
+                }
+                use std::io::Seek;
+                spool
+                    .rewind()
+                    .map_err(|source| BuildError::at(span, source))?;
+                fs.copy_in(
+                    CopySource::Archive(&mut spool),
+                    directory,
+                    &CopyOptions {
+                        archive: true,
+                        follow_link: false,
+                    },
+                )
+                .map_err(at)
+            };
+            let (parent, file_name) = split_destination(&destination);
+            for item in &items {
+                match item {
+                    Item::Heredoc(name, content) => {
+                        let (directory, entry) = if into_dir {
+                            (destination.clone(), name.clone())
+                        } else {
+                            (parent.clone(), file_name.clone())
+                        };
+                        copy_archive(&directory, &mut |archive| {
+                            let mut header = tar::Header::new_gnu();
+                            header.set_entry_type(tar::EntryType::Regular);
+                            header.set_size(content.len() as u64);
+                            header.set_mode(mode.unwrap_or(0o644));
+                            header.set_uid(u64::from(uid));
+                            header.set_gid(u64::from(gid));
+                            header.set_mtime(mtime);
+                            archive
+                                .append_data(&mut header, &entry, content.as_bytes())
+                                .map_err(|source| BuildError::at(span, source))
+                        })?;
+                    }
+                    Item::Context(source) => {
+                        if source.is_dir {
+                            copy_archive(&destination, &mut |archive| {
+                                context
+                                    .append(source, "", &ownership, clamp, archive)
+                                    .map_err(|error| {
+                                        context_error(span, &keyword, &source.relative, error)
+                                    })
+                            })?;
+                        } else if request.add && is_archive(&source.host) {
+                            fs.make_dirs(&destination, uid, gid, mtime).map_err(at)?;
+                            let file = fs::File::open(&source.host).map_err(|error| {
+                                BuildError::at(span, format!("{}: {error}", source.relative))
+                            })?;
+                            let tar = kiln_cache::layer::decompress(file).map_err(|error| {
+                                BuildError::at(
+                                    span,
+                                    format!("unpacking {}: {error}", source.relative),
+                                )
+                            })?;
+                            fs.copy_in(
+                                CopySource::Archive(tar),
+                                &destination,
+                                &CopyOptions {
+                                    archive: true,
+                                    follow_link: false,
+                                },
+                            )
+                            .map_err(at)?;
+                        } else {
+                            let base = source
+                                .relative
+                                .rsplit('/')
+                                .next()
+                                .unwrap_or(&source.relative)
+                                .to_string();
+                            let (directory, entry) = if into_dir {
+                                (destination.clone(), base)
+                            } else {
+                                (parent.clone(), file_name.clone())
+                            };
+                            copy_archive(&directory, &mut |archive| {
+                                context
+                                    .append(source, &entry, &ownership, clamp, archive)
+                                    .map_err(|error| {
+                                        context_error(span, &keyword, &source.relative, error)
+                                    })
+                            })?;
+                        }
+                    }
+                    Item::Foreign(path) => {
+                        let (_, source_fs, _) = foreign
+                            .as_ref()
+                            .ok_or_else(|| BuildError::at(span, "no source stage"))?;
+                        let kind = source_fs.kind(path).map_err(at)?;
+                        if kind == PathKind::Missing {
+                            return Err(BuildError::at(
+                                span,
+                                format!("failed to compute cache key: \"{path}\": not found"),
+                            ));
+                        }
+                        let mut exported = tempfile::tempfile_in(&spool_dir)
+                            .map_err(|source| BuildError::at(span, source))?;
+                        source_fs
+                            .copy_out(
+                                path,
+                                CopyTarget::Archive(&mut exported),
+                                &CopyOptions {
+                                    archive: true,
+                                    follow_link: true,
+                                },
+                            )
+                            .map_err(at)?;
+                        use std::io::Seek;
+                        exported
+                            .rewind()
+                            .map_err(|source| BuildError::at(span, source))?;
+                        let is_dir = kind == PathKind::Directory;
+                        let base = path
+                            .trim_end_matches('/')
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
+                        let (directory, entry) = if is_dir || into_dir {
+                            (
+                                destination.clone(),
+                                if is_dir { String::new() } else { base },
+                            )
+                        } else {
+                            (parent.clone(), file_name.clone())
+                        };
+                        copy_archive(&directory, &mut |archive| {
+                            rename_entries(
+                                &mut exported,
+                                &entry,
+                                request.chown.is_some().then_some((uid, gid)),
+                                mode,
+                                archive,
+                            )
+                            .map_err(|source| {
+                                BuildError::at(span, format!("copying {path}: {source}"))
+                            })
+                        })?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The file system `COPY --from` reads: an earlier stage's result or a stored image; and
+    /// its key.
+    fn foreign_fs(
+        &self,
+        store: &Store,
+        stages: &[PlannedStage<'_>],
+        results: &Mutex<HashMap<usize, State>>,
+        from: &str,
+        span: Span,
+    ) -> Result<(tempfile::TempDir, ContainerFs, Digest), BuildError> {
+        let lower = from.to_ascii_lowercase();
+        let (layers, key) = if let Some(index) = stage_reference(stages, &lower) {
+            let state = results
+                .lock()
+                .map_err(|_| BuildError::Panicked)?
+                .get(&index)
+                .cloned()
+                .ok_or(BuildError::Panicked)?;
+            (state.layers, state.key)
+        } else {
+            let id = store.resolve(from).map_err(|error| BuildError::At {
+                span,
+                message: format!("failed to resolve source image {from}: {error}"),
+                hint: Some(
+                    "kiln builds from images in its store: `kiln load` or `kiln import` it first"
+                        .to_string(),
+                ),
+                exit_code: None,
+            })?;
+            let record = store.image(&id)?;
+            (
+                record.layers,
+                sha(&[b"image", record.manifest.to_string().as_bytes()]),
+            )
+        };
+        let (view, fs) = image_view(store, &layers)?;
+        Ok((view, fs, key))
+    }
+}
+
+/// `/a/b/c` → (`/a/b`, `c`).
+fn split_destination(destination: &str) -> (String, String) {
+    let trimmed = destination.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((parent, name)) => (
+            if parent.is_empty() {
+                "/".to_string()
+            } else {
+                parent.to_string()
+            },
+            name.to_string(),
+        ),
+        None => ("/".to_string(), trimmed.to_string()),
+    }
+}
+
+#[allow(clippy::wildcard_enum_match_arm)] // tar's EntryType is open-ended
+/// Re-writes an exported archive (its top entry named after the source) with the top entry
+/// renamed to `name` (`""`: a directory's content at the top), owners replaced when `owner` is
+/// given and modes when `mode` is.
+fn rename_entries(
+    exported: &mut fs::File,
+    name: &str,
+    owner: Option<(u32, u32)>,
+    mode: Option<u32>,
+    out: &mut tar::Builder<&mut fs::File>,
+) -> io::Result<()> {
+    let mut archive = tar::Archive::new(exported);
+    let mut top: Option<String> = None;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+        let top_name = top.get_or_insert_with(|| path.clone()).clone();
+        let rest = path
+            .strip_prefix(&top_name)
+            .unwrap_or(&path)
+            .trim_start_matches('/')
+            .to_string();
+        let new_name = match (name.is_empty(), rest.is_empty()) {
+            (true, true) => continue,
+            (true, false) => rest,
+            (false, true) => name.to_string(),
+            (false, false) => format!("{name}/{rest}"),
+        };
+        let mut header = entry.header().clone();
+        if let Some((uid, gid)) = owner {
+            header.set_uid(u64::from(uid));
+            header.set_gid(u64::from(gid));
+        }
+        if let Some(mode) = mode {
+            header.set_mode(mode);
+        }
+        match header.entry_type() {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()?
+                    .map(|target| target.into_owned())
+                    .unwrap_or_default();
+                if header.entry_type() == tar::EntryType::Link {
+                    // Hardlink targets are paths in the archive: rename them the same way.
+                    let target = target.to_string_lossy().trim_end_matches('/').to_string();
+                    let rest = target
+                        .strip_prefix(&top_name)
+                        .unwrap_or(&target)
+                        .trim_start_matches('/')
+                        .to_string();
+                    let renamed = if name.is_empty() {
+                        rest
+                    } else if rest.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{name}/{rest}")
+                    };
+                    out.append_link(&mut header, &new_name, renamed)?;
+                } else {
+                    out.append_link(&mut header, &new_name, target)?;
+                }
+            }
+            tar::EntryType::Directory => {
+                out.append_data(&mut header, format!("{new_name}/"), io::empty())?;
+            }
+            // Files, devices, fifos: the exported archive has no extension entries of its own
+            // (the tar reader folds them into the entries they describe).
+            _ => {
+                out.append_data(&mut header, &new_name, &mut entry)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn context_error(span: Span, keyword: &str, source: &str, error: ContextError) -> BuildError {
+    match error {
+        ContextError::NotFound(_) => BuildError::At {
+            span,
+            message: format!(
+                "failed to compute cache key: failed to calculate checksum of ref: \"/{source}\": not found"
+            ),
+            hint: Some(format!(
+                "{keyword} sources are paths in the build context; check the path and the .dockerignore"
+            )),
+            exit_code: None,
+        },
+        other @ (ContextError::NoSources
+        | ContextError::BadPattern(_)
+        | ContextError::SymlinkLoop(_)
+        | ContextError::Io { .. }) => BuildError::at(span, other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_split_into_parent_and_name() {
+        assert_eq!(
+            split_destination("/a/b/c"),
+            ("/a/b".to_string(), "c".to_string())
+        );
+        assert_eq!(split_destination("/c"), ("/".to_string(), "c".to_string()));
+        assert_eq!(
+            split_destination("/a/b/"),
+            ("/a".to_string(), "b".to_string())
+        );
+    }
+
+    #[test]
+    fn chmod_is_octal() {
+        assert_eq!(parse_chmod("755"), Ok(0o755));
+        assert_eq!(parse_chmod("0644"), Ok(0o644));
+        assert!(parse_chmod("u+x").is_err());
+        assert!(parse_chmod("99999").is_err());
+    }
+
+    #[test]
+    fn misses_name_the_changed_inputs() {
+        let previous = CacheRecord {
+            key: Digest::of(b"k"),
+            definition: Digest::of(b"d"),
+            description: String::new(),
+            inputs: [("a.txt", "1"), ("b.txt", "2"), ("gone.txt", "3")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            config: Digest::of(b"c"),
+            layers: Vec::new(),
+            size: 0,
+            created: 0,
+            last_used: 0,
+        };
+        let now: BTreeMap<String, String> = [("a.txt", "1"), ("b.txt", "9"), ("new.txt", "4")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            describe_input_changes(&previous, &now),
+            "b.txt changed, new.txt is new, gone.txt is gone"
+        );
+    }
+}

@@ -1,0 +1,682 @@
+//! The build context: which files COPY/ADD sources name, what their content is (for cache
+//! keys), and the tar stream that puts them into an image.
+//!
+//! Paths are relative to the context root, cleaned as Go's `filepath.Clean` does, and never
+//! leave it: `..` above the root stays at the root (as BuildKit's context resolution does),
+//! and symlinks are resolved inside the context (a symlink named as a source is followed, with
+//! chroot semantics; symlinks inside a copied directory are copied as symlinks). Files the
+//! `.dockerignore` excludes are invisible: a source naming one is "not found".
+//!
+//! Only what a COPY/ADD selects is read, and a file's content digest is computed once per
+//! build (an in-memory stat cache keyed by device and inode, checked against size, mtime and
+//! ctime).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kiln_cache::digest::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::ignore::Matcher;
+
+/// How many symlinks one source resolution follows (Linux's `MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// Why a context path cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("\"{0}\": not found")]
+    NotFound(String),
+    #[error("no source files were specified")]
+    NoSources,
+    #[error("invalid wildcard pattern {0:?}")]
+    BadPattern(String),
+    #[error("too many levels of symbolic links resolving {0:?}")]
+    SymlinkLoop(String),
+    #[error("reading the build context at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
+    move |source| ContextError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A local build context: a directory and its `.dockerignore`.
+#[derive(Debug)]
+pub struct Context {
+    root: PathBuf,
+    ignore: Option<Matcher>,
+    hashes: Mutex<HashMap<(u64, u64), (FileStamp, Digest)>>,
+}
+
+/// What must be unchanged for a cached content digest to stay valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// A source matched in the context: its cleaned relative path (`""` for the root) and the
+/// host path it resolves to (symlinks followed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub relative: String,
+    pub host: PathBuf,
+    pub is_dir: bool,
+}
+
+/// Owner and mode changes applied to copied entries (`--chown`, `--chmod`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ownership {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits for every copied file and directory.
+    pub mode: Option<u32>,
+}
+
+impl Context {
+    pub fn new(root: impl Into<PathBuf>, ignore: Option<Matcher>) -> Context {
+        Context {
+            root: root.into(),
+            ignore,
+            hashes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn excluded(&self, relative: &str) -> bool {
+        !relative.is_empty()
+            && self
+                .ignore
+                .as_ref()
+                .is_some_and(|matcher| matcher.matches(relative))
+    }
+
+    /// The sources a COPY/ADD source pattern names, sorted by path. A pattern with wildcards
+    /// (`*`, `?`, `[...]`, Go `filepath.Match` syntax) may match nothing only when the
+    /// instruction has other sources; a plain path must exist (and not be excluded).
+    pub fn sources(&self, pattern: &str) -> Result<Vec<Source>, ContextError> {
+        let cleaned = kiln_parser::path::clean(&format!("/{pattern}"));
+        let relative = cleaned.trim_start_matches('/').to_string();
+        if !has_wildcards(&relative) {
+            return Ok(vec![self.resolve(&relative)?]);
+        }
+        let mut matches = Vec::new();
+        let components: Vec<&str> = relative.split('/').collect();
+        self.walk_pattern(&self.root.clone(), String::new(), &components, &mut matches)?;
+        matches.sort_by(|a, b| a.relative.cmp(&b.relative));
+        Ok(matches)
+    }
+
+    fn walk_pattern(
+        &self,
+        dir: &Path,
+        prefix: String,
+        components: &[&str],
+        out: &mut Vec<Source>,
+    ) -> Result<(), ContextError> {
+        let Some((first, rest)) = components.split_first() else {
+            return Ok(());
+        };
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map_err(io_at(dir))?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            if !glob_match(first, &name)? {
+                continue;
+            }
+            let relative = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if self.excluded(&relative) {
+                continue;
+            }
+            if rest.is_empty() {
+                out.push(self.resolve(&relative)?);
+            } else {
+                let source = self.resolve(&relative)?;
+                if source.is_dir {
+                    self.walk_pattern(&source.host, relative, rest, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a cleaned relative path inside the context, following symlinks with chroot
+    /// semantics.
+    fn resolve(&self, relative: &str) -> Result<Source, ContextError> {
+        if self.excluded(relative) {
+            return Err(ContextError::NotFound(relative.to_string()));
+        }
+        let mut resolved: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = relative
+            .split('/')
+            .rev()
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut links = 0;
+        while let Some(name) = pending.pop() {
+            match name.as_str() {
+                "." => continue,
+                ".." => {
+                    resolved.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let mut path = self.root.clone();
+            path.extend(&resolved);
+            path.push(&name);
+            let metadata = match fs::symlink_metadata(&path) {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    return Err(ContextError::NotFound(relative.to_string()));
+                }
+                Err(error) => return Err(io_at(&path)(error)),
+            };
+            if metadata.file_type().is_symlink() {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(ContextError::SymlinkLoop(relative.to_string()));
+                }
+                let target = fs::read_link(&path).map_err(io_at(&path))?;
+                let target = target.to_string_lossy().to_string();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                pending.extend(
+                    target
+                        .split('/')
+                        .rev()
+                        .filter(|name| !name.is_empty())
+                        .map(str::to_string),
+                );
+                continue;
+            }
+            if !pending.is_empty() && !metadata.is_dir() {
+                return Err(ContextError::NotFound(relative.to_string()));
+            }
+            resolved.push(name);
+        }
+        let mut host = self.root.clone();
+        host.extend(&resolved);
+        let metadata = fs::metadata(&host).map_err(io_at(&host))?;
+        Ok(Source {
+            relative: resolved.join("/"),
+            host,
+            is_dir: metadata.is_dir(),
+        })
+    }
+
+    /// The entries of a directory source, recursively, sorted, without excluded ones:
+    /// (path relative to the source, host path, metadata). Symlinks are not followed.
+    fn entries(
+        &self,
+        source: &Source,
+    ) -> Result<Vec<(String, PathBuf, fs::Metadata)>, ContextError> {
+        let mut out = Vec::new();
+        self.collect(&source.host, &source.relative, "", &mut out)?;
+        Ok(out)
+    }
+
+    fn collect(
+        &self,
+        dir: &Path,
+        context_prefix: &str,
+        prefix: &str,
+        out: &mut Vec<(String, PathBuf, fs::Metadata)>,
+    ) -> Result<(), ContextError> {
+        let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
+            .map_err(io_at(dir))?
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io_at(dir))?;
+        names.sort();
+        for name in names {
+            let name = name.to_string_lossy().to_string();
+            let in_context = if context_prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{context_prefix}/{name}")
+            };
+            let relative = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let host = dir.join(&name);
+            let metadata = fs::symlink_metadata(&host).map_err(io_at(&host))?;
+            if self.excluded(&in_context) {
+                // A directory excluded by a pattern may still hold re-included (`!`) files.
+                let has_exceptions = self.ignore.as_ref().is_some_and(Matcher::has_exclusions);
+                if !(metadata.is_dir() && has_exceptions) {
+                    continue;
+                }
+                let mut inner = Vec::new();
+                self.collect(&host, &in_context, &relative, &mut inner)?;
+                if inner.is_empty() {
+                    continue;
+                }
+                out.push((relative, host, metadata));
+                out.extend(inner);
+                continue;
+            }
+            let is_dir = metadata.is_dir();
+            out.push((relative.clone(), host.clone(), metadata));
+            if is_dir {
+                self.collect(&host, &in_context, &relative, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The content digest of a file, computed once per build unless the file changes.
+    fn file_digest(&self, path: &Path, metadata: &fs::Metadata) -> Result<Digest, ContextError> {
+        let stamp = FileStamp {
+            size: metadata.size(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        };
+        let inode = (metadata.dev(), metadata.ino());
+        if let Ok(hashes) = self.hashes.lock()
+            && let Some((known, digest)) = hashes.get(&inode)
+            && *known == stamp
+        {
+            return Ok(*digest);
+        }
+        let mut file = fs::File::open(path).map_err(io_at(path))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0; 256 * 1024];
+        loop {
+            let read = file.read(&mut buffer).map_err(io_at(path))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+        let digest = Digest::from_bytes(hasher.finalize().into());
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.insert(inode, (stamp, digest));
+        }
+        Ok(digest)
+    }
+
+    /// The digest of what copying `source` puts in an image: for a file its content and mode;
+    /// for a directory every entry's relative path, type, mode, link target and content
+    /// (never mtimes or host owners: COPY sets owners). Each file's digest also goes into
+    /// `inputs` under its context path, for cache-miss explanations.
+    pub fn digest(
+        &self,
+        source: &Source,
+        inputs: &mut BTreeMap<String, String>,
+    ) -> Result<Digest, ContextError> {
+        let mut hasher = Sha256::new();
+        let mut record = |relative: &str, host: &Path, metadata: &fs::Metadata| {
+            let kind = metadata.file_type();
+            let mode = metadata.permissions().mode() & 0o7777;
+            let line = if kind.is_symlink() {
+                let target = fs::read_link(host).map_err(io_at(host))?;
+                format!("l {relative} {mode:o} {}\n", target.display())
+            } else if kind.is_dir() {
+                format!("d {relative} {mode:o}\n")
+            } else if kind.is_file() {
+                let digest = self.file_digest(host, metadata)?;
+                let shown = if source.relative.is_empty() {
+                    relative.to_string()
+                } else if relative.is_empty() {
+                    source.relative.clone()
+                } else {
+                    format!("{}/{relative}", source.relative)
+                };
+                inputs.insert(shown, digest.to_string());
+                format!("f {relative} {mode:o} {digest}\n")
+            } else {
+                format!("o {relative} {mode:o} {}\n", metadata.rdev())
+            };
+            hasher.update(line.as_bytes());
+            Ok::<_, ContextError>(())
+        };
+        let metadata = fs::metadata(&source.host).map_err(io_at(&source.host))?;
+        record("", &source.host, &metadata)?;
+        if source.is_dir {
+            for (relative, host, metadata) in self.entries(source)? {
+                record(&relative, &host, &metadata)?;
+            }
+        }
+        Ok(Digest::from_bytes(hasher.finalize().into()))
+    }
+
+    /// Appends `source` to `archive`: a file as `name`, a directory's content under `name`
+    /// (`""`: at the top), with `ownership` applied and mtimes kept (clamped to `clamp`, a
+    /// `SOURCE_DATE_EPOCH`, when given).
+    pub fn append(
+        &self,
+        source: &Source,
+        name: &str,
+        ownership: &Ownership,
+        clamp: Option<i64>,
+        archive: &mut tar::Builder<impl Write>,
+    ) -> Result<(), ContextError> {
+        let metadata = fs::metadata(&source.host).map_err(io_at(&source.host))?;
+        if !source.is_dir {
+            return append_entry(archive, name, &source.host, &metadata, ownership, clamp);
+        }
+        for (relative, host, metadata) in self.entries(source)? {
+            let entry_name = if name.is_empty() {
+                relative
+            } else {
+                format!("{name}/{relative}")
+            };
+            append_entry(archive, &entry_name, &host, &metadata, ownership, clamp)?;
+        }
+        Ok(())
+    }
+}
+
+/// One tar entry for a host file, directory or symlink with the copy's ownership.
+fn append_entry(
+    archive: &mut tar::Builder<impl Write>,
+    name: &str,
+    host: &Path,
+    metadata: &fs::Metadata,
+    ownership: &Ownership,
+    clamp: Option<i64>,
+) -> Result<(), ContextError> {
+    let kind = metadata.file_type();
+    let mut header = tar::Header::new_gnu();
+    header.set_uid(u64::from(ownership.uid));
+    header.set_gid(u64::from(ownership.gid));
+    let mtime = metadata.mtime().max(0);
+    let mtime = clamp.map_or(mtime, |clamp| mtime.min(clamp.max(0)));
+    header.set_mtime(mtime as u64);
+    let mode = ownership
+        .mode
+        .unwrap_or(metadata.permissions().mode() & 0o7777);
+    header.set_mode(mode);
+    let output = |error| ContextError::Io {
+        path: host.to_path_buf(),
+        source: error,
+    };
+    if kind.is_symlink() {
+        let target = fs::read_link(host).map_err(io_at(host))?;
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        archive
+            .append_link(&mut header, name, &target)
+            .map_err(output)?;
+    } else if kind.is_dir() {
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        archive
+            .append_data(&mut header, format!("{name}/"), io::empty())
+            .map_err(output)?;
+    } else if kind.is_file() {
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(metadata.size());
+        let file = fs::File::open(host).map_err(io_at(host))?;
+        archive
+            .append_data(&mut header, name, file.take(metadata.size()))
+            .map_err(output)?;
+    }
+    // Sockets, fifos and devices in a build context are skipped, as BuildKit does.
+    Ok(())
+}
+
+/// Whether a path has Go `filepath.Match` wildcards.
+pub fn has_wildcards(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+/// Go's `filepath.Match` for one path component: `*` (any run of characters), `?` (one
+/// character), `[...]` classes with ranges and `^` negation, `\` escapes.
+pub fn glob_match(pattern: &str, name: &str) -> Result<bool, ContextError> {
+    let bad = || ContextError::BadPattern(pattern.to_string());
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    // Classic backtracking over the last `*`.
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if p < pattern.len() {
+            match pattern[p] {
+                '*' => {
+                    star = Some((p, n));
+                    p += 1;
+                    continue;
+                }
+                '?' if n < name.len() => {
+                    p += 1;
+                    n += 1;
+                    continue;
+                }
+                '[' if n < name.len() => {
+                    let (matched, next) = class_match(&pattern, p, name[n]).ok_or_else(bad)?;
+                    if matched {
+                        p = next;
+                        n += 1;
+                        continue;
+                    }
+                }
+                '\\' => {
+                    let escaped = *pattern.get(p + 1).ok_or_else(bad)?;
+                    if n < name.len() && name[n] == escaped {
+                        p += 2;
+                        n += 1;
+                        continue;
+                    }
+                }
+                literal
+                    if n < name.len() && literal == name[n] && literal != '[' && literal != '?' =>
+                {
+                    p += 1;
+                    n += 1;
+                    continue;
+                }
+                '[' => {
+                    // Validate the class even when there is no character left to match.
+                    class_match(&pattern, p, '\0').ok_or_else(bad)?;
+                }
+                _ => {}
+            }
+        } else if n == name.len() {
+            return Ok(true);
+        }
+        match star {
+            Some((star_p, star_n)) if star_n < name.len() => {
+                star = Some((star_p, star_n + 1));
+                p = star_p + 1;
+                n = star_n + 1;
+            }
+            _ => {
+                // Check the rest of the pattern is well formed, as Go reports ErrBadPattern.
+                let mut rest = p;
+                while rest < pattern.len() {
+                    match pattern[rest] {
+                        '[' => rest = class_match(&pattern, rest, '\0').ok_or_else(bad)?.1,
+                        '\\' => {
+                            pattern.get(rest + 1).ok_or_else(bad)?;
+                            rest += 2;
+                        }
+                        _ => rest += 1,
+                    }
+                }
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Matches `c` against the class starting at `pattern[start] == '['`; returns whether it
+/// matched and the index after `]`, or None for a malformed class.
+fn class_match(pattern: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negated = pattern.get(i) == Some(&'^');
+    if negated {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let current = *pattern.get(i)?;
+        if current == ']' && !first {
+            i += 1;
+            break;
+        }
+        first = false;
+        let mut low = current;
+        if low == '\\' {
+            i += 1;
+            low = *pattern.get(i)?;
+        }
+        i += 1;
+        let mut high = low;
+        if pattern.get(i) == Some(&'-') && pattern.get(i + 1).is_some_and(|next| *next != ']') {
+            high = *pattern.get(i + 1)?;
+            i += 2;
+            if high == '\\' {
+                high = *pattern.get(i)?;
+                i += 1;
+            }
+        }
+        if low <= c && c <= high {
+            matched = true;
+        }
+    }
+    Some((matched != negated, i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_follows_go_filepath_match() {
+        let cases = [
+            ("abc", "abc", true),
+            ("*", "abc", true),
+            ("*c", "abc", true),
+            ("a*", "a", true),
+            ("a*", "abc", true),
+            ("a*/b", "abc/b", true),
+            ("a*b*c*d*e*/f", "axbxcxdxe/f", true),
+            ("a*b?c*x", "abxbbxdbxebxczzx", true),
+            ("a*b?c*x", "abxbbxdbxebxczzy", false),
+            ("ab[c]", "abc", true),
+            ("ab[b-d]", "abc", true),
+            ("ab[e-g]", "abc", false),
+            ("ab[^c]", "abc", false),
+            ("ab[^b-d]", "abc", false),
+            ("ab[^e-g]", "abc", true),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "ab", false),
+            ("a?b", "a☺b", true),
+            ("a[^a]b", "a☺b", true),
+            ("a???b", "a☺b", false),
+            ("*.rs", "main.rs", true),
+            ("*.rs", "main.rc", false),
+            ("[a-ζ]*", "α", true),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(
+                glob_match(pattern, name).unwrap(),
+                expected,
+                "{pattern} vs {name}"
+            );
+        }
+        for bad in ["[", "[^", "[^bc", "a[", "ab[-c]x\\"] {
+            assert!(
+                glob_match(bad, "a").is_err(),
+                "{bad} should be a bad pattern"
+            );
+        }
+    }
+
+    #[test]
+    fn sources_resolve_inside_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("src/sub")).unwrap();
+        fs::write(root.join("src/a.rs"), "a").unwrap();
+        fs::write(root.join("src/b.rs"), "b").unwrap();
+        fs::write(root.join("src/sub/c.rs"), "c").unwrap();
+        fs::write(root.join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink("/src/a.rs", root.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/passwd", root.join("escape")).unwrap();
+        let ignore = Matcher::parse("secret\n").unwrap();
+        let context = Context::new(root, Some(ignore));
+        let names = |pattern: &str| -> Vec<String> {
+            context
+                .sources(pattern)
+                .unwrap()
+                .into_iter()
+                .map(|source| source.relative)
+                .collect()
+        };
+        assert_eq!(names("src/*.rs"), ["src/a.rs", "src/b.rs"]);
+        assert_eq!(names("src/*/*.rs"), ["src/sub/c.rs"]);
+        assert_eq!(names("../src/a.rs"), ["src/a.rs"]);
+        assert_eq!(names("abs-link"), ["src/a.rs"]);
+        assert!(matches!(
+            context.sources("secret"),
+            Err(ContextError::NotFound(_))
+        ));
+        // A link climbing out of the context stays inside it (there is no etc/passwd here).
+        assert!(matches!(
+            context.sources("escape"),
+            Err(ContextError::NotFound(_))
+        ));
+        assert!(names("*.none").is_empty());
+    }
+
+    #[test]
+    fn digests_cover_content_and_mode_not_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), "one").unwrap();
+        let digest = |context: &Context| {
+            let source = context.sources("d").unwrap().remove(0);
+            context.digest(&source, &mut BTreeMap::new()).unwrap()
+        };
+        let first = digest(&Context::new(root, None));
+        let file = fs::File::options()
+            .write(true)
+            .open(root.join("d/f"))
+            .unwrap();
+        file.set_modified(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(
+            digest(&Context::new(root, None)),
+            first,
+            "mtime is not content"
+        );
+        fs::write(root.join("d/f"), "two").unwrap();
+        assert_ne!(digest(&Context::new(root, None)), first);
+        fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let before_mode = digest(&Context::new(root, None));
+        fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o644)).unwrap();
+        assert_ne!(digest(&Context::new(root, None)), before_mode);
+    }
+}
