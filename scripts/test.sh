@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, and every test of the workspace.
-# Works offline as root on a fresh Debian 12 machine that has a Rust toolchain (cargo >= 1.88).
+# Works offline as root on a fresh Debian 12 machine that has a Rust toolchain (cargo >= 1.89).
 # Installs what the tests need first (idempotent); nothing needs a container registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."

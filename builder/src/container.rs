@@ -120,6 +120,8 @@ pub fn process_config(
             .collect(),
         auto_remove: options.auto_remove,
         read_only: options.read_only,
+        // Mounts and network files are the CLI's to resolve (volumes live in the store).
+        ..ContainerConfig::default()
     })
 }
 

@@ -34,6 +34,25 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     #[serde(default)]
     pub read_only: bool,
+    /// Binds, volumes and tmpfs mounts (Docker's `Mounts`), resolved: volumes named and
+    /// created. A volume listed here is in use.
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::MountPoint>,
+    /// `--volumes-from` values as given.
+    #[serde(default)]
+    pub volumes_from: Vec<String>,
+    /// `--add-host` values as given.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    /// `--dns` values as given.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `--dns-search` values as given.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// `--dns-option` values as given.
+    #[serde(default)]
+    pub dns_options: Vec<String>,
 }
 
 /// Docker's container states.
@@ -43,6 +62,8 @@ pub enum Status {
     #[default]
     Created,
     Running,
+    /// A detached container between two runs of its restart policy (Docker's backoff).
+    Restarting,
     Exited,
 }
 
@@ -62,6 +83,151 @@ pub struct ContainerState {
     /// once it is gone without recording an exit, the container is not.
     #[serde(default)]
     pub monitor_pid: i32,
+    /// How often the restart policy restarted the container since it was last started by
+    /// hand (Docker's `RestartCount`).
+    #[serde(default)]
+    pub restart_count: u32,
+    /// The healthcheck's verdicts while the container runs (Docker's `State.Health`); `None`
+    /// for a container without a healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// Docker's `State.Health`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Consecutive failed checks.
+    pub failing_streak: u32,
+    /// The last (at most 5, as Docker) checks, oldest first.
+    pub log: Vec<HealthLog>,
+}
+
+/// A healthcheck verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Within the start period, or no check has passed or failed `retries` times yet.
+    #[default]
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// Docker's word for it, as in `Up 5 seconds (healthy)`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Starting => "starting",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One healthcheck run.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthLog {
+    pub start: String,
+    pub end: String,
+    pub exit_code: i32,
+    pub output: String,
+}
+
+/// Docker's restart policy names (`--restart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RestartPolicyName {
+    #[default]
+    #[serde(rename = "no")]
+    No,
+    #[serde(rename = "always")]
+    Always,
+    #[serde(rename = "on-failure")]
+    OnFailure,
+    #[serde(rename = "unless-stopped")]
+    UnlessStopped,
+}
+
+/// Docker's `HostConfig.RestartPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RestartPolicy {
+    pub name: RestartPolicyName,
+    /// For `on-failure:N`: at most N restarts; 0 is no limit.
+    pub maximum_retry_count: u32,
+}
+
+/// A `--restart` value Docker would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartPolicyError {
+    #[error("invalid restart policy format")]
+    Format,
+    #[error("maximum retry count cannot be used with restart policy '{0}'")]
+    CountNotAllowed(String),
+    #[error("maximum retry count must be an integer")]
+    Count,
+    #[error("invalid restart policy '{0}'")]
+    Unknown(String),
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = RestartPolicyError;
+
+    /// `no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N` (Docker's
+    /// `ParseRestartPolicy`; an empty value is `no`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (name, count) = match text.split_once(':') {
+            Some((_, count)) if count.contains(':') => return Err(RestartPolicyError::Format),
+            Some((name, count)) => (name, Some(count)),
+            None => (text, None),
+        };
+        let name = match name {
+            "" | "no" => RestartPolicyName::No,
+            "always" => RestartPolicyName::Always,
+            "unless-stopped" => RestartPolicyName::UnlessStopped,
+            "on-failure" => RestartPolicyName::OnFailure,
+            other => return Err(RestartPolicyError::Unknown(other.to_string())),
+        };
+        let maximum_retry_count = match count {
+            None => 0,
+            Some(_) if name != RestartPolicyName::OnFailure => {
+                return Err(RestartPolicyError::CountNotAllowed(text.to_string()));
+            }
+            Some(count) => count.parse().map_err(|_| RestartPolicyError::Count)?,
+        };
+        Ok(RestartPolicy {
+            name,
+            maximum_retry_count,
+        })
+    }
+}
+
+/// How a container's process is supervised: the `run`/`create` options that are Docker's
+/// `Config.Tty`, `OpenStdin`, `StopSignal`, `StopTimeout`, `Healthcheck` and `HostConfig.Init`,
+/// `RestartPolicy`. Kept beside the record in `containers/<id>/supervision.json` (see
+/// [`Store::container_supervision`]); a container without the file has the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Supervision {
+    /// `-t`: the container's stdio is a pseudo-terminal.
+    pub tty: bool,
+    /// `-i`: the container's stdin stays open for `attach`.
+    pub open_stdin: bool,
+    /// Docker's `StdinOnce` (`create -i`): the container's stdin is closed when the first
+    /// attached client's input ends.
+    pub stdin_once: bool,
+    /// `--stop-signal`, else the image's `StopSignal`; `None` is SIGTERM.
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout` in seconds; `None` is 10 (a negative value waits forever).
+    pub stop_timeout: Option<i64>,
+    /// `--init`: a reaping init is the container's PID 1.
+    pub init: bool,
+    pub restart_policy: RestartPolicy,
+    /// The image's `HEALTHCHECK` merged with the `--health-*` options; `None` or a test of
+    /// `["NONE"]` is no healthcheck.
+    pub healthcheck: Option<crate::image::Healthcheck>,
 }
 
 /// Which stream of the container a log line came from.
@@ -228,6 +394,57 @@ impl Store {
         self.container_dir(id).join(format!("{id}-json.log"))
     }
 
+    /// The container's [`Supervision`]; the defaults when it has none recorded.
+    pub fn container_supervision(&self, id: &str) -> Result<Supervision, StoreError> {
+        let path = self.container_dir(id).join(SUPERVISION_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::ContainerRecord {
+                    id: id.to_string(),
+                    source,
+                })
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Supervision::default())
+            }
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Records the container's [`Supervision`]. Atomic (temp file, rename): readers see the
+    /// old or the new settings.
+    pub fn set_container_supervision(
+        &self,
+        id: &str,
+        supervision: &Supervision,
+    ) -> Result<(), StoreError> {
+        let path = self.container_dir(id).join(SUPERVISION_FILE);
+        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+        fs::write(&temp, to_json(supervision))
+            .and_then(|()| fs::rename(&temp, &path))
+            .map_err(|source| StoreError::Io { path, source })
+    }
+
+    /// Marks container `id` as stopped by hand (`stop`, Docker's `HasBeenManuallyStopped`),
+    /// so its monitor does not restart it; `false` clears the mark (`start`). Idempotent.
+    pub fn set_container_stopped_by_hand(&self, id: &str, stopped: bool) -> Result<(), StoreError> {
+        let path = self.container_dir(id).join(STOPPED_FILE);
+        let result = if stopped {
+            fs::write(&path, b"")
+        } else {
+            match fs::remove_file(&path) {
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        result.map_err(|source| StoreError::Io { path, source })
+    }
+
+    /// Whether container `id` was stopped by hand since it was last started by hand.
+    pub fn container_stopped_by_hand(&self, id: &str) -> bool {
+        self.container_dir(id).join(STOPPED_FILE).exists()
+    }
+
     /// Records a new container and creates its directory. `name` `None` picks a free
     /// Docker-style random name (`brave_turing`).
     pub fn create_container(
@@ -387,7 +604,15 @@ impl Store {
     }
 
     /// Removes a container's record and directory. The caller makes sure it is not running.
+    ///
+    /// A container run with `--rm` takes its anonymous volumes along, as Docker's autoremove
+    /// does (best effort: a volume left behind is one `volume prune` removes).
     pub fn remove_container(&self, id: &str) -> Result<(), StoreError> {
+        let auto_removed = self
+            .container(id)
+            .ok()
+            .filter(|record| record.config.auto_remove && record.id == id)
+            .map(|record| record.config.mounts);
         let dir = self.container_dir(id);
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|source| StoreError::Io {
@@ -400,6 +625,9 @@ impl Store {
             .execute("DELETE FROM containers WHERE id = ?1", [id])?;
         if removed == 0 {
             return Err(StoreError::NoSuchContainer(id.to_string()));
+        }
+        if let Some(mounts) = auto_removed {
+            let _ = self.remove_anonymous_volumes(&mounts);
         }
         Ok(())
     }
@@ -414,7 +642,49 @@ impl Store {
             .collect::<Result<Vec<String>, _>>()?;
         Ok(ids)
     }
+
+    /// Gives container `id` the name `new_name` (a leading `/` is dropped, as Docker does).
+    /// Atomic: the database's unique index decides between concurrent renames and creates,
+    /// so two containers never share a name. Errors: [`StoreError::InvalidName`],
+    /// [`StoreError::NameInUse`] (by another container), [`StoreError::NoSuchContainer`].
+    /// Renaming to the current name succeeds without change; refusing it, as Docker does,
+    /// is the caller's choice.
+    pub fn rename_container(&self, id: &str, new_name: &str) -> Result<(), StoreError> {
+        let name = new_name.trim_start_matches('/');
+        if !valid_name(name) {
+            return Err(StoreError::InvalidName(name.to_string()));
+        }
+        let updated = self.db.execute(
+            "UPDATE containers SET name = ?2 WHERE id = ?1",
+            params![id, name],
+        );
+        match updated {
+            Ok(0) => Err(StoreError::NoSuchContainer(id.to_string())),
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                let holder = self
+                    .db
+                    .query_row("SELECT id FROM containers WHERE name = ?1", [name], |row| {
+                        row.get(0)
+                    })
+                    .optional()?
+                    .unwrap_or_default();
+                Err(StoreError::NameInUse {
+                    name: name.to_string(),
+                    id: holder,
+                })
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
 }
+
+/// The [`Supervision`] of a container, in its directory.
+const SUPERVISION_FILE: &str = "supervision.json";
+/// Present while a container is stopped by hand.
+const STOPPED_FILE: &str = "stopped-by-hand";
 
 /// JSON text for the database (serialising these plain structs cannot fail).
 fn to_json<T: Serialize>(value: &T) -> String {
@@ -424,6 +694,30 @@ fn to_json<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_policies_parse_as_docker_parses_them() {
+        let parse = |text: &str| text.parse::<RestartPolicy>();
+        assert_eq!(parse("no").unwrap(), RestartPolicy::default());
+        assert_eq!(parse("always").unwrap().name, RestartPolicyName::Always);
+        assert_eq!(
+            parse("on-failure:2").unwrap(),
+            RestartPolicy {
+                name: RestartPolicyName::OnFailure,
+                maximum_retry_count: 2
+            }
+        );
+        assert_eq!(
+            parse("unless-stopped").unwrap().name,
+            RestartPolicyName::UnlessStopped
+        );
+        assert_eq!(
+            parse("always:3").unwrap_err().to_string(),
+            "maximum retry count cannot be used with restart policy 'always:3'"
+        );
+        assert!(parse("on-failure:x").is_err());
+        assert!(parse("sometimes").is_err());
+    }
 
     #[test]
     fn log_entries_are_docker_json_file_lines() {

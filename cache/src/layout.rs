@@ -8,7 +8,13 @@
 //!   snapshots/<chain-hex>/   one unpacked layer each, keyed by chain ID; `fs/` is the tree used
 //!                            as an overlayfs lowerdir, `complete` is written last
 //!   containers/<id>/         per-container upper/work dirs, logs, state (runtime issue)
-//!   volumes/<name>/          named volumes (runtime issue)
+//!   volumes/<name>/          one volume (Docker's local driver, see `volume`): `_data/` is the
+//!                            content bind-mounted into containers, `volume.json` the metadata
+//!                            (name, created, driver, labels, options); built as
+//!                            `volumes/.creating-*` and renamed into place, so it is whole or
+//!                            absent; removal renames to `volumes/.removing-*` first
+//!   volumes/.lock            flock: shared while `run` creates volumes and records its
+//!                            container, exclusive while volumes are checked unused and removed
 //!   tmp/                     temporary files, on the same file system so renames are atomic
 //! ```
 //!

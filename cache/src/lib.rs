@@ -15,3 +15,4 @@ pub mod layer;
 pub mod layout;
 pub mod reference;
 pub mod store;
+pub mod volume;

@@ -81,8 +81,17 @@ enum Command {
     /// Manage the store
     #[command(subcommand)]
     System(commands::system::Command),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(commands::volume::Command),
     /// Create and run a new container from an image
     Run(Box<commands::container::RunArgs>),
+    /// Create a new container
+    Create(Box<commands::container::RunArgs>),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(commands::attach::AttachArgs),
+    /// Restart one or more containers
+    Restart(commands::attach::RestartArgs),
     /// Start one or more stopped containers (detached)
     Start(commands::container::StartArgs),
     /// Stop one or more running containers
@@ -105,6 +114,18 @@ enum Command {
     Cp(commands::changes::CpArgs),
     /// Export a container's filesystem as a tar archive
     Export(commands::changes::ExportArgs),
+    /// Execute a command in a running container
+    Exec(commands::exec::ExecArgs),
+    /// Display the running processes of a container
+    Top(commands::exec::TopArgs),
+    /// Pause all processes within one or more containers
+    Pause(commands::exec::PauseArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(commands::exec::PauseArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(commands::exec::StatsArgs),
+    /// Rename a container
+    Rename(commands::exec::RenameArgs),
     /// Show the kiln version information
     Version(commands::version::Args),
     /// Display system-wide information
@@ -145,6 +166,13 @@ fn main() -> ExitCode {
         .is_some_and(|arg| arg == INIT_MARKER)
     {
         kiln_runtime::init_main();
+    }
+    // The parent of an exec'd process joins a container's PID namespace: single-threaded too.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == commands::exec::EXEC_MARKER)
+    {
+        kiln_runtime::exec_main();
     }
     let mut args = std::env::args_os();
     if args
@@ -189,7 +217,11 @@ fn main() -> ExitCode {
         }
         Command::Image(ImageCommand::Prune(args)) => commands::image::prune(global, args),
         Command::System(command) => commands::system::run(global, command),
+        Command::Volume(command) => commands::volume::run(global, command),
         Command::Run(args) => commands::container::run(global, *args),
+        Command::Create(args) => commands::container::create(global, *args),
+        Command::Attach(args) => commands::attach::attach(global, args),
+        Command::Restart(args) => commands::attach::restart(global, args),
         Command::Start(args) => commands::container::start(global, args),
         Command::Stop(args) => commands::container::stop(global, args),
         Command::Kill(args) => commands::container::kill(global, args),
@@ -201,6 +233,12 @@ fn main() -> ExitCode {
         Command::Diff(args) => commands::changes::diff(global, args),
         Command::Cp(args) => commands::changes::cp(global, args),
         Command::Export(args) => commands::changes::export(global, args),
+        Command::Exec(args) => commands::exec::exec(global, args),
+        Command::Top(args) => commands::exec::top(global, args),
+        Command::Pause(args) => commands::exec::pause(global, args),
+        Command::Unpause(args) => commands::exec::unpause(global, args),
+        Command::Stats(args) => commands::exec::stats(global, args),
+        Command::Rename(args) => commands::exec::rename(global, args),
         Command::Version(args) => commands::version::version(args),
         Command::Info(args) => commands::version::info(global, args),
     };

@@ -15,17 +15,33 @@
 //! cgroup); SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to the monitor are forwarded by
 //! `kiln_runtime::run`. If the monitor is killed, the container dies with it (parent-death
 //! signals) and `ps` shows it exited (137) once the monitor's pid is gone.
+//!
+//! Supervision (the container's `Supervision` record): with `-t` the container runs on a
+//! pseudo-terminal whose master the monitor owns (its output is logged as stdout); with `-i`
+//! the container's stdin is a pipe (or the terminal) that stays open. Clients of `attach`
+//! and `start -a` connect to `attach.sock` in the container directory (see
+//! `kiln_runtime::AttachServer`); with `--wait-for-attach` the monitor prints `listening`
+//! and waits for the first client before it starts the container, so no output is missed.
+//! The restart policy is applied when the container ends, with Docker's backoff (100 ms,
+//! doubling up to 1 minute, back to 100 ms after a run of 10 s or more) and state
+//! `restarting` in between; `stop` marks the container stopped by hand first, so it is
+//! never restarted after a `stop`. The healthcheck runs from here too (see `health`).
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use kiln_cache::container::{ContainerState, LogEntry, LogStream, Status};
+use kiln_cache::container::{
+    ContainerRecord, ContainerState, LogEntry, LogStream, RestartPolicy, RestartPolicyName, Status,
+    Supervision,
+};
 use kiln_cache::store::Store;
-use kiln_runtime::{Io, Spec};
+use kiln_runtime::{AttachServer, AttachStream, Io, Spec};
 
 use crate::{INIT_MARKER, output};
 
@@ -37,6 +53,15 @@ pub const SPEC_FILE: &str = "spec.json";
 
 /// The line the monitor prints once the container is recorded as running.
 pub const READY: &str = "ready\n";
+
+/// The line the monitor prints, with [`WAIT_FOR_ATTACH`], once clients can connect.
+pub const LISTENING: &str = "listening\n";
+
+/// The monitor's optional third argument: wait for an attach client before starting.
+pub const WAIT_FOR_ATTACH: &str = "--wait-for-attach";
+
+/// The attach socket in the container directory.
+pub const ATTACH_SOCKET: &str = "attach.sock";
 
 /// How the start of a detached container failed, as its monitor reports it to the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,19 +103,43 @@ impl StartFailure {
 
 /// Entry of the monitor process (`args`: the program's arguments after the marker).
 pub fn main(args: &[OsString]) -> ExitCode {
-    let [root, id] = args else {
-        return ExitCode::from(125);
+    let (root, id, wait_for_attach) = match args {
+        [root, id] => (root, id, false),
+        [root, id, flag] if flag == WAIT_FOR_ATTACH => (root, id, true),
+        _ => return ExitCode::from(125),
     };
     let Some(id) = id.to_str() else {
         return ExitCode::from(125);
     };
-    match supervise(PathBuf::from(root), id) {
+    match supervise(PathBuf::from(root), id, wait_for_attach) {
         Ok(()) => ExitCode::SUCCESS,
         Err(()) => ExitCode::from(125),
     }
 }
 
-fn supervise(root: PathBuf, id: &str) -> Result<(), ()> {
+/// What every run of the container shares.
+struct Monitor {
+    store: Store,
+    record: ContainerRecord,
+    spec: Spec,
+    supervision: Supervision,
+    program: PathBuf,
+    log: Arc<Mutex<File>>,
+    server: AttachServer,
+}
+
+impl Monitor {
+    /// Logs a start failure and tells the CLI about it (it waits for one line).
+    fn fail(&self, code: i32, message: String) {
+        append(
+            &self.log,
+            &LogEntry::now(LogStream::Stderr, format!("kiln: {message}\n")),
+        );
+        output::out(&StartFailure { code, message }.line());
+    }
+}
+
+fn supervise(root: PathBuf, id: &str, wait_for_attach: bool) -> Result<(), ()> {
     let store = Store::open(&root).map_err(drop)?;
     let record = store.container(id).map_err(drop)?;
     let log_path = store.container_log_path(&record.id);
@@ -100,78 +149,287 @@ fn supervise(root: PathBuf, id: &str) -> Result<(), ()> {
         .open(&log_path)
         .map_err(drop)?;
     let log = Arc::new(Mutex::new(log));
-    let fail = |code: i32, message: String| {
+    let dir = store.container_dir(&record.id);
+    let early_failure = |message: String| {
         append(
             &log,
             &LogEntry::now(LogStream::Stderr, format!("kiln: {message}\n")),
         );
-        output::out(&StartFailure { code, message }.line());
+        output::out(&StartFailure { code: 125, message }.line());
     };
-    let spec: Spec = match std::fs::read(store.container_dir(&record.id).join(SPEC_FILE))
+    let spec: Spec = match std::fs::read(dir.join(SPEC_FILE))
         .map_err(|error| error.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
     {
         Ok(spec) => spec,
         Err(message) => {
-            fail(125, format!("reading the container's spec: {message}"));
+            early_failure(format!("reading the container's spec: {message}"));
+            return Err(());
+        }
+    };
+    let supervision = match store.container_supervision(&record.id) {
+        Ok(supervision) => supervision,
+        Err(error) => {
+            early_failure(format!("reading the container's settings: {error}"));
+            return Err(());
+        }
+    };
+    let server = match AttachServer::listen(&dir.join(ATTACH_SOCKET)) {
+        Ok(server) => server,
+        Err(error) => {
+            early_failure(format!("creating the attach socket: {error}"));
             return Err(());
         }
     };
     let program = std::env::current_exe().map_err(drop)?;
-    let pipes = std::io::pipe().and_then(|out| Ok((out, std::io::pipe()?)));
-    let ((out_read, out_write), (err_read, err_write)) = match pipes {
-        Ok(pipes) => pipes,
-        Err(error) => {
-            fail(125, format!("creating the log pipes: {error}"));
-            return Err(());
+    let monitor = Monitor {
+        store,
+        record,
+        spec,
+        supervision,
+        program,
+        log,
+        server,
+    };
+    monitor
+        .server
+        .set_stdin_once(monitor.supervision.stdin_once);
+    if wait_for_attach {
+        output::out(LISTENING);
+        monitor.server.wait_for_client(Duration::from_secs(10));
+    }
+    restart_loop(&monitor)
+}
+
+/// Runs the container until it ends for good: once, or again and again as its restart
+/// policy says.
+fn restart_loop(monitor: &Monitor) -> Result<(), ()> {
+    let id = &monitor.record.id;
+    let store = &monitor.store;
+    let mut restarts = Restarts::default();
+    let mut first = true;
+    loop {
+        let began = Instant::now();
+        let (result, running) = run_once(monitor, restarts.count, first);
+        let (code, oom_killed) = match &result {
+            Ok(outcome) => (outcome.code(), outcome.oom_killed),
+            Err(error) if first => {
+                monitor.fail(error.exit_code(), error.to_string());
+                (error.exit_code(), false)
+            }
+            Err(error) => {
+                append(
+                    &monitor.log,
+                    &LogEntry::now(LogStream::Stderr, format!("kiln: {error}\n")),
+                );
+                (error.exit_code(), false)
+            }
+        };
+        monitor.server.end(code);
+        if monitor.record.config.auto_remove {
+            let _ = kiln_runtime::remove_cgroup(id);
+            return store.remove_container(id).map_err(drop);
+        }
+        // A container that never started is not restarted (Docker: the start fails).
+        let never_started = first && running.is_none();
+        let restart = !never_started
+            && !store.container_stopped_by_hand(id)
+            && restarts.should_restart(monitor.supervision.restart_policy, code);
+        let previous = running.unwrap_or_else(|| ContainerState {
+            monitor_pid: std::process::id() as i32,
+            ..ContainerState::default()
+        });
+        let mut ended = ContainerState {
+            status: Status::Exited,
+            exit_code: code,
+            oom_killed,
+            finished_at: Some(kiln_cache::import::creation_time()),
+            health: None,
+            ..previous
+        };
+        if !restart {
+            return store.set_container_state(id, &ended).map_err(drop);
+        }
+        let delay = restarts.next(began.elapsed());
+        ended.status = Status::Restarting;
+        ended.restart_count = restarts.count;
+        let _ = store.set_container_state(id, &ended);
+        if stopped_while_waiting(store, id, delay) {
+            ended.status = Status::Exited;
+            return store.set_container_state(id, &ended).map_err(drop);
+        }
+        first = false;
+    }
+}
+
+/// Waits `delay`; true as soon as the container is stopped by hand meanwhile.
+fn stopped_while_waiting(store: &Store, id: &str, delay: Duration) -> bool {
+    let deadline = Instant::now() + delay;
+    loop {
+        if store.container_stopped_by_hand(id) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Docker's restart manager: the count since the last manual start and the backoff.
+#[derive(Debug, Default)]
+struct Restarts {
+    count: u32,
+    delay: Duration,
+}
+
+impl Restarts {
+    /// Whether `policy` restarts a container that ended with `code`.
+    fn should_restart(&self, policy: RestartPolicy, code: i32) -> bool {
+        match policy.name {
+            RestartPolicyName::No => false,
+            RestartPolicyName::Always | RestartPolicyName::UnlessStopped => true,
+            RestartPolicyName::OnFailure => {
+                code != 0
+                    && (policy.maximum_retry_count == 0 || self.count < policy.maximum_retry_count)
+            }
+        }
+    }
+
+    /// Counts a restart and returns how long to wait before it: 100 ms, doubled each time up
+    /// to a minute, back to 100 ms when the container ran for 10 s or more.
+    fn next(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= Duration::from_secs(10) {
+            self.delay = Duration::ZERO;
+        }
+        self.delay = if self.delay.is_zero() {
+            Duration::from_millis(100)
+        } else {
+            (self.delay * 2).min(Duration::from_secs(60))
+        };
+        self.count += 1;
+        self.delay
+    }
+}
+
+/// One run of the container: its outcome, and its running state if it started.
+fn run_once(
+    monitor: &Monitor,
+    restart_count: u32,
+    first: bool,
+) -> (
+    Result<kiln_runtime::Outcome, kiln_runtime::RuntimeError>,
+    Option<ContainerState>,
+) {
+    let fail = |error: std::io::Error| {
+        (
+            Err(kiln_runtime::RuntimeError::Init {
+                step: "creating the container's stdio",
+                program: monitor.program.clone(),
+                source: error,
+            }),
+            None,
+        )
+    };
+    let tty = monitor.spec.tty;
+    let open_stdin = monitor.supervision.open_stdin;
+    let mut copiers = Vec::new();
+    let io = if tty {
+        Io {
+            stdin: Stdio::null(),
+            stdout: Stdio::null(),
+            stderr: Stdio::null(),
+        }
+    } else {
+        let pipes = std::io::pipe().and_then(|out| Ok((out, std::io::pipe()?)));
+        let ((out_read, out_write), (err_read, err_write)) = match pipes {
+            Ok(pipes) => pipes,
+            Err(error) => return fail(error),
+        };
+        let stdin = if open_stdin {
+            match std::io::pipe() {
+                Ok((read, write)) => {
+                    monitor.server.set_target(Some(OwnedFd::from(write)), None);
+                    Stdio::from(read)
+                }
+                Err(error) => return fail(error),
+            }
+        } else {
+            Stdio::null()
+        };
+        copiers.push(copy_stream(out_read, LogStream::Stdout, monitor));
+        copiers.push(copy_stream(err_read, LogStream::Stderr, monitor));
+        Io {
+            stdin,
+            stdout: out_write.into(),
+            stderr: err_write.into(),
         }
     };
-    let copiers = [
-        copy_lines(out_read, LogStream::Stdout, Arc::clone(&log)),
-        copy_lines(err_read, LogStream::Stderr, Arc::clone(&log)),
-    ];
-    let io = Io {
-        stdin: Stdio::null(),
-        stdout: out_write.into(),
-        stderr: err_write.into(),
-    };
     let mut running = None;
-    let result = kiln_runtime::run_notifying(&spec, &program, &[INIT_MARKER], io, &mut |pid| {
-        let state = ContainerState {
-            status: Status::Running,
-            pid,
-            monitor_pid: std::process::id() as i32,
-            started_at: Some(kiln_cache::import::creation_time()),
-            ..ContainerState::default()
-        };
-        let _ = store.set_container_state(&record.id, &state);
-        running = Some(state);
-        output::out(READY);
-    });
+    let health = health::Checker::new(monitor);
+    let result = kiln_runtime::run_started(
+        &monitor.spec,
+        &monitor.program,
+        &[INIT_MARKER],
+        io,
+        &mut |started| {
+            if let Some(master) = started.terminal {
+                let input = open_stdin.then(|| master.try_clone().ok()).flatten();
+                monitor.server.set_target(input, master.try_clone().ok());
+                copiers.push(copy_stream(File::from(master), LogStream::Stdout, monitor));
+            }
+            let state = ContainerState {
+                status: Status::Running,
+                pid: started.pid,
+                monitor_pid: std::process::id() as i32,
+                started_at: Some(kiln_cache::import::creation_time()),
+                restart_count,
+                health: health
+                    .as_ref()
+                    .map(|_| kiln_cache::container::Health::default()),
+                ..ContainerState::default()
+            };
+            let _ = monitor
+                .store
+                .set_container_state(&monitor.record.id, &state);
+            if let Some(health) = &health {
+                health.start(state.clone());
+            }
+            running = Some(state);
+            if first {
+                output::out(READY);
+            }
+        },
+    );
+    if let Some(health) = health {
+        health.stop();
+    }
     for copier in copiers {
         let _ = copier.join();
     }
-    let (code, oom_killed) = match &result {
-        Ok(outcome) => (outcome.code(), outcome.oom_killed),
-        Err(error) => {
-            fail(error.exit_code(), error.to_string());
-            (error.exit_code(), false)
+    (result, running)
+}
+
+/// The healthcheck of a running container.
+mod health {
+    use kiln_cache::container::ContainerState;
+
+    /// Runs the container's healthcheck while it runs.
+    pub struct Checker;
+
+    impl Checker {
+        /// `None` when the container has no healthcheck.
+        pub fn new(_monitor: &super::Monitor) -> Option<Checker> {
+            None
         }
-    };
-    if record.config.auto_remove {
-        let _ = kiln_runtime::remove_cgroup(&record.id);
-        return store.remove_container(&record.id).map_err(drop);
+
+        /// Starts checking the container that now runs as `state`.
+        pub fn start(&self, _state: ContainerState) {}
+
+        /// Stops checking (the container ended).
+        pub fn stop(self) {}
     }
-    let finished = ContainerState {
-        status: Status::Exited,
-        exit_code: code,
-        oom_killed,
-        finished_at: Some(kiln_cache::import::creation_time()),
-        ..running.unwrap_or_default()
-    };
-    store
-        .set_container_state(&record.id, &finished)
-        .map_err(drop)
 }
 
 /// Appends one entry; the log is opened with O_APPEND and each entry is one write.
@@ -182,24 +440,89 @@ fn append(log: &Mutex<File>, entry: &LogEntry) {
     let _ = file.write_all(entry.to_line().as_bytes());
 }
 
-/// Copies `pipe` to the log line by line until every writer has closed it.
-fn copy_lines(
-    pipe: impl Read + Send + 'static,
+/// Copies `pipe` until every writer has closed it (or, for a terminal, until EIO): every
+/// chunk goes to the attached clients as it comes, and each complete line to the log (a last
+/// partial line at the end).
+fn copy_stream(
+    mut pipe: impl Read + Send + 'static,
     stream: LogStream,
-    log: Arc<Mutex<File>>,
+    monitor: &Monitor,
 ) -> std::thread::JoinHandle<()> {
+    let log = Arc::clone(&monitor.log);
+    let server = monitor.server.clone();
+    let attach_stream = match stream {
+        LogStream::Stdout => AttachStream::Stdout,
+        LogStream::Stderr => AttachStream::Stderr,
+    };
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
+        let mut buffer = [0u8; 8192];
         let mut line = Vec::new();
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => append(
-                    &log,
-                    &LogEntry::now(stream, String::from_utf8_lossy(&line).into_owned()),
-                ),
+            let count = match pipe.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => count,
+            };
+            server.send(attach_stream, &buffer[..count]);
+            for &byte in &buffer[..count] {
+                line.push(byte);
+                if byte == b'\n' {
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    append(&log, &LogEntry::now(stream, text));
+                    line.clear();
+                }
             }
         }
+        if !line.is_empty() {
+            append(
+                &log,
+                &LogEntry::now(stream, String::from_utf8_lossy(&line).into_owned()),
+            );
+        }
     })
+}
+
+/// The store path a monitor for `store` is started with (it runs in `/`).
+pub fn absolute_root(store: &Store) -> std::io::Result<PathBuf> {
+    std::path::absolute(store.layout().root())
+}
+
+/// The attach socket of container `id`.
+pub fn attach_socket(store: &Store, id: &str) -> PathBuf {
+    store.container_dir(id).join(ATTACH_SOCKET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_is_dockers() {
+        let mut restarts = Restarts::default();
+        let quick = Duration::from_secs(1);
+        assert_eq!(restarts.next(quick), Duration::from_millis(100));
+        assert_eq!(restarts.next(quick), Duration::from_millis(200));
+        assert_eq!(restarts.next(quick), Duration::from_millis(400));
+        assert_eq!(
+            restarts.next(Duration::from_secs(10)),
+            Duration::from_millis(100)
+        );
+        for _ in 0..20 {
+            restarts.next(quick);
+        }
+        assert_eq!(restarts.next(quick), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn on_failure_counts_and_ignores_success() {
+        let policy: RestartPolicy = "on-failure:2".parse().unwrap();
+        let mut restarts = Restarts::default();
+        assert!(!restarts.should_restart(policy, 0));
+        assert!(restarts.should_restart(policy, 1));
+        restarts.next(Duration::ZERO);
+        assert!(restarts.should_restart(policy, 1));
+        restarts.next(Duration::ZERO);
+        assert!(!restarts.should_restart(policy, 1));
+        let always: RestartPolicy = "always".parse().unwrap();
+        assert!(restarts.should_restart(always, 0));
+    }
 }

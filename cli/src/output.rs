@@ -12,6 +12,14 @@ pub fn out(text: &str) {
     let _ = stdout.flush();
 }
 
+/// Writes command output to stdout and says whether it arrived: an error means the reader
+/// is gone (`kiln stats | head`), so a command that prints until stopped can end.
+pub fn out_checked(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
 /// A buffered stream to stdout for binary output (`kiln save` without `-o`).
 pub fn stdout_stream() -> impl std::io::Write {
     std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock())

@@ -119,7 +119,7 @@ fn unsupported_options_are_refused_clearly() {
         .assert()
         .code(125);
     kiln(&dir)
-        .args(["run", "-v", "relative:/x", "busybox"])
+        .args(["run", "-v", "not/a/volume/name:/x", "busybox"])
         .assert()
         .code(125);
     kiln(&dir)

@@ -9,8 +9,9 @@
 //! (on v2, controllers must already be enabled at the root; kiln enables them only in
 //! `kiln/cgroup.subtree_control`). Nothing here writes to `/proc/sys`.
 //!
-//! Not here: the device allow-list on cgroup v2 (it needs a BPF device program), freezing
-//! (`pause`), statistics, joining from `exec`.
+//! Not here: the device allow-list on cgroup v2 (it needs a BPF device program). Freezing
+//! (`pause`), statistics and process listing are in `control`, joining from `exec` in `exec`;
+//! they find the directories through [`controller_dir`] and [`existing_dirs`].
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -26,9 +27,10 @@ const KILN: &str = "kiln";
 /// The CFS period Docker uses for `--cpus`.
 const CPU_PERIOD: u64 = 100_000;
 
-/// The v1 controllers a container gets a cgroup in, where the host mounts them.
-const V1_CONTROLLERS: [&str; 7] = [
-    "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices",
+/// The v1 controllers a container gets a cgroup in, where the host mounts them (`blkio`
+/// only for its I/O counters, read by `stats`).
+const V1_CONTROLLERS: [&str; 8] = [
+    "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio",
 ];
 
 /// Docker's default device rules (runc `AllowedDevices`): any node may be created, only
@@ -347,7 +349,7 @@ impl Cgroup {
         }
         let parent = root.join(KILN);
         make_dir(&parent)?;
-        let wanted: Vec<String> = ["memory", "cpu", "cpuset", "pids"]
+        let wanted: Vec<String> = ["memory", "cpu", "cpuset", "pids", "io"]
             .iter()
             .filter(|name| enabled.iter().any(|enabled| enabled == *name))
             .map(|name| format!("+{name}"))
@@ -462,8 +464,10 @@ fn remove_dirs(dirs: &[PathBuf]) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// SIGKILL to every process listed in the cgroup.
+/// SIGKILL to every process listed in the cgroup, thawed first: a frozen (paused) process
+/// only dies once it runs again.
 fn kill_all(dir: &Path) {
+    thaw_dir(dir);
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
     for pid in procs
         .lines()
@@ -501,6 +505,69 @@ fn container_dirs(id: &str) -> Vec<PathBuf> {
         }
         Layout::V2 { root, .. } => vec![root.join(KILN).join(id)],
     }
+}
+
+/// Thaws a frozen cgroup directory: v1 `freezer.state`, v2 `cgroup.freeze`. Nothing happens
+/// for a directory without either file.
+pub(crate) fn thaw_dir(dir: &Path) {
+    let v1 = dir.join("freezer.state");
+    if v1.exists() {
+        let _ = std::fs::write(&v1, "THAWED");
+    }
+    let v2 = dir.join("cgroup.freeze");
+    if v2.exists() {
+        let _ = std::fs::write(&v2, "0");
+    }
+}
+
+/// Whether `id` can name a cgroup directory without leaving `kiln/`.
+pub(crate) fn safe_id(id: &str) -> bool {
+    !(id.is_empty() || id.contains('/') || id.starts_with('.'))
+}
+
+/// A container's cgroup directory for one controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ControllerDir {
+    /// `<mount>/kiln/<id>`.
+    pub(crate) path: PathBuf,
+    /// Whether it is in the unified (v2) hierarchy, whose file names differ from v1's.
+    pub(crate) unified: bool,
+}
+
+/// Where container `id`'s cgroup is for v1 controller `controller` (`freezer`, `memory`,
+/// `cpuacct`, `blkio`, `pids`...): the directory in the v1 hierarchy that has it, or the
+/// unified directory on v2 (whatever the controller; the caller checks for the files it
+/// needs). `None` when the id is unsafe, the host lacks the controller or the directory does
+/// not exist (the container is not running).
+pub(crate) fn controller_dir(id: &str, controller: &str) -> Option<ControllerDir> {
+    if !safe_id(id) {
+        return None;
+    }
+    let dir = match detect() {
+        Layout::V1(mounts) => ControllerDir {
+            path: mounts
+                .iter()
+                .find(|(name, _)| *name == controller)
+                .map(|(_, mount)| mount.join(KILN).join(id))?,
+            unified: false,
+        },
+        Layout::V2 { root, .. } => ControllerDir {
+            path: root.join(KILN).join(id),
+            unified: true,
+        },
+    };
+    dir.path.is_dir().then_some(dir)
+}
+
+/// The existing cgroup directories of container `id`, one per hierarchy.
+pub(crate) fn existing_dirs(id: &str) -> Vec<PathBuf> {
+    if !safe_id(id) {
+        return Vec::new();
+    }
+    container_dirs(id)
+        .into_iter()
+        .filter(|dir| dir.is_dir())
+        .collect()
 }
 
 /// The host pid of the PID 1 of running container `id`: the process in its cgroup whose pid

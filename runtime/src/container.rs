@@ -2,7 +2,7 @@
 //!
 //! It joins the container's cgroup, creates the remaining namespaces (the cgroup namespace
 //! after joining, so the container sees its cgroup as `/`), assembles the root filesystem
-//! (overlay, `/proc`, `/dev`, `/sys`, `/etc` files, bind mounts), switches root, masks
+//! (overlay, `/proc`, `/dev`, `/sys`, `/etc` files, bind and tmpfs mounts), switches root, masks
 //! Docker's masked paths, sets the ulimits, drops capabilities, switches user, installs the
 //! seccomp filter and executes the command, becoming the user's process (as Docker without
 //! `--init`). Every failure before `execve` is sent to the init over a
@@ -131,7 +131,7 @@ fn setup_and_exec(message: &InitMessage) -> Result<Infallible, ContainerError> {
     mount_dev(&root, spec.privileged)?;
     mount_sys(&root, spec.privileged)?;
     mount_etc_files(&root, spec)?;
-    mount_binds(&root, spec)?;
+    crate::mounts::mount_all(&root, spec)?;
 
     let passwd = root.read_file("/etc/passwd")?.unwrap_or_default();
     let group = root.read_file("/etc/group")?.unwrap_or_default();
@@ -158,21 +158,66 @@ fn setup_and_exec(message: &InitMessage) -> Result<Infallible, ContainerError> {
     }
     chdir(Path::new(&spec.cwd))
         .map_err(|errno| ContainerError::setup(format!("chdir {}", spec.cwd), errno))?;
+    if let Some(fd) = message.console_fd.filter(|fd| spec.tty && *fd > 2) {
+        // SAFETY: the init passed this inherited socket on to this process alone and
+        // closed its own copy; nothing else here refers to it.
+        let console = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        crate::pty::attach_container_terminal(console, spec.console_size, exec_user.uid)?;
+    }
 
-    set_ulimits(&spec.ulimits)?;
+    lock_down(&LockDown {
+        ulimits: &spec.ulimits,
+        seccomp: message.seccomp.as_ref(),
+        no_new_privileges: spec.no_new_privileges,
+        capabilities: message.capabilities,
+        last_cap,
+        user: &exec_user,
+    })?;
+
+    let env = container_env(spec, &exec_user);
+    if spec.init {
+        return crate::forward::run_as_init(spec.tty, &spec.args, || exec(&spec.args, &env));
+    }
+    exec(&spec.args, &env)
+}
+
+/// The confinement of a container process, applied by [`lock_down`] just before `execve`.
+#[derive(Debug)]
+pub(crate) struct LockDown<'a> {
+    /// `--ulimit` values.
+    pub(crate) ulimits: &'a [Ulimit],
+    /// The compiled seccomp filter, if any.
+    pub(crate) seccomp: Option<&'a crate::seccomp::Compiled>,
+    /// Set `PR_SET_NO_NEW_PRIVS`.
+    pub(crate) no_new_privileges: bool,
+    /// The capability mask (bounding set; effective and permitted for root).
+    pub(crate) capabilities: u64,
+    /// The highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
+    pub(crate) last_cap: u32,
+    /// Who the process becomes.
+    pub(crate) user: &'a ExecUser,
+}
+
+/// Confines the calling process as `settings` say, in runc's order: ulimits (while every
+/// capability kiln gave is still held), the seccomp filter, the bounding set, user and
+/// groups, effective and permitted capabilities, the parent-death signal again (changing
+/// credentials clears it), umask 022, every fd above 2 close-on-exec, no-new-privileges.
+/// Shared by the container's PID 1 and `exec`'d processes, so both get the same confinement.
+pub(crate) fn lock_down(settings: &LockDown<'_>) -> Result<(), ContainerError> {
+    set_ulimits(settings.ulimits)?;
     // Without no-new-privileges, installing a filter needs CAP_SYS_ADMIN, so it goes in
     // before the capabilities are dropped; the profile must then allow the few calls left
     // (capset, setgroups, setresuid, prctl, close_range, execve...), as Docker's does. With
     // it, the filter goes in last. This is runc's order.
-    if let Some(filter) = &message.seccomp
-        && !spec.no_new_privileges
+    if let Some(filter) = settings.seccomp
+        && !settings.no_new_privileges
     {
         crate::seccomp::install(filter)?;
     }
-    caps::limit_bounding_set(last_cap, message.capabilities)?;
-    switch_user(&exec_user)?;
-    let mask = if exec_user.uid == 0 {
-        message.capabilities
+    caps::limit_bounding_set(settings.last_cap, settings.capabilities)?;
+    switch_user(settings.user)?;
+    let mask = if settings.user.uid == 0 {
+        settings.capabilities
     } else {
         0
     };
@@ -181,15 +226,13 @@ fn setup_and_exec(message: &InitMessage) -> Result<Infallible, ContainerError> {
     set_parent_death_signal()?;
     umask(Mode::from_bits_truncate(0o022));
     close_inherited_fds()?;
-    if spec.no_new_privileges {
+    if settings.no_new_privileges {
         set_no_new_privileges()?;
-        if let Some(filter) = &message.seccomp {
+        if let Some(filter) = settings.seccomp {
             crate::seccomp::install(filter)?;
         }
     }
-
-    let env = container_env(spec, &exec_user);
-    exec(&spec.args, &env)
+    Ok(())
 }
 
 /// Moves this process into the container's cgroup (writing `0` to `cgroup.procs` moves the
@@ -270,7 +313,7 @@ fn set_ulimits(ulimits: &[Ulimit]) -> Result<(), ContainerError> {
 
 /// Default dispositions and an empty mask: the init blocked signals before forking, and a
 /// Rust program starts with SIGPIPE ignored; both would otherwise survive `execve`.
-fn reset_signals() -> Result<(), ContainerError> {
+pub(crate) fn reset_signals() -> Result<(), ContainerError> {
     for signal in 1..=libc::SIGRTMAX() {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
@@ -285,7 +328,7 @@ fn reset_signals() -> Result<(), ContainerError> {
 
 /// SIGKILL this process when the init (its parent) dies, so a killed init never leaves a
 /// container running; the PID namespace dies with its PID 1.
-fn set_parent_death_signal() -> Result<(), ContainerError> {
+pub(crate) fn set_parent_death_signal() -> Result<(), ContainerError> {
     // SAFETY: integer-only prctl, no memory is passed.
     let result = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     if result != 0 {
@@ -577,36 +620,9 @@ fn mount_etc_files(root: &Root, spec: &Spec) -> Result<(), ContainerError> {
     Ok(())
 }
 
-fn mount_binds(root: &Root, spec: &Spec) -> Result<(), ContainerError> {
-    for bind in &spec.mounts {
-        let destination = &bind.destination;
-        let target = if bind.source.is_dir() {
-            root.create_dir_all(destination)?
-        } else {
-            root.create_file(destination)?
-        };
-        mount(
-            Some(&bind.source),
-            &fd_path(target.as_fd()),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|errno| ContainerError::setup(format!("bind mount {destination}"), errno))?;
-        if bind.read_only {
-            // The fd above is the covered inode; resolve again to reach the new mount.
-            let mounted = root
-                .open(destination, OFlag::O_PATH)
-                .map_err(|errno| ContainerError::setup(format!("open {destination}"), errno))?;
-            remount_read_only(&fd_path(mounted.as_fd()))?;
-        }
-    }
-    Ok(())
-}
-
 /// Remounts the mount at `path` read-only, keeping its nosuid/nodev/noexec/atime flags
 /// (a bind remount replaces all per-mount flags).
-fn remount_read_only(path: &Path) -> Result<(), ContainerError> {
+pub(crate) fn remount_read_only(path: &Path) -> Result<(), ContainerError> {
     let shown = path.display();
     let current =
         statvfs(path).map_err(|errno| ContainerError::setup(format!("statvfs {shown}"), errno))?;
@@ -810,7 +826,7 @@ fn c_string(text: &str) -> Result<CString, ContainerError> {
     })
 }
 
-fn exec(args: &[String], env: &[String]) -> Result<Infallible, ContainerError> {
+pub(crate) fn exec(args: &[String], env: &[String]) -> Result<Infallible, ContainerError> {
     let command = args
         .first()
         .ok_or_else(|| ContainerError::setup("no command", Errno::EINVAL))?;
@@ -862,6 +878,9 @@ mod tests {
             network: Network::None,
             read_only: false,
             mounts: vec![],
+            tmpfs: vec![],
+            extra_hosts: vec![],
+            dns: Default::default(),
             resources: Default::default(),
             ulimits: vec![],
             cap_add: vec![],
@@ -869,6 +888,9 @@ mod tests {
             privileged: false,
             seccomp: Default::default(),
             no_new_privileges: false,
+            tty: false,
+            console_size: None,
+            init: false,
         }
     }
 

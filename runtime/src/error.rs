@@ -147,6 +147,26 @@ pub enum RuntimeError {
     /// Setting up or starting the container failed inside the init.
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// An `--add-host` value is not `HOST:IP` (Docker's wording).
+    #[error("bad format for add-host: {0:?}")]
+    AddHostFormat(String),
+    /// An `--add-host` address is not an IP address (Docker's wording).
+    #[error("invalid IP address in add-host: {0:?}")]
+    AddHostAddress(String),
+    /// `--add-host HOST:host-gateway`: there is no bridge network, so no gateway to name.
+    #[error(
+        "invalid add-host {0:?}: host-gateway needs bridge networking, which kiln does not have; give an IP address"
+    )]
+    HostGateway(String),
+    /// A `--dns` value is not an IP address (Docker's wording).
+    #[error("IP address is not correctly formatted: {0}")]
+    DnsAddress(String),
+    /// A `--dns-search` or `--dns-option` value is empty or has white space.
+    #[error("invalid DNS search domain or option {0:?}")]
+    DnsWord(String),
+    /// A tmpfs option kiln does not know, or a malformed one (Docker's wording).
+    #[error("invalid tmpfs option {0:?}")]
+    TmpfsOption(String),
 }
 
 /// A resource limit Docker would refuse (messages as Docker's daemon words them).
@@ -246,7 +266,13 @@ impl RuntimeError {
             | RuntimeError::Seccomp(_)
             | RuntimeError::CgroupControllerMissing { .. }
             | RuntimeError::Cgroup { .. }
-            | RuntimeError::CgroupInUse { .. } => EXIT_ENGINE_ERROR,
+            | RuntimeError::CgroupInUse { .. }
+            | RuntimeError::AddHostFormat(_)
+            | RuntimeError::AddHostAddress(_)
+            | RuntimeError::HostGateway(_)
+            | RuntimeError::DnsAddress(_)
+            | RuntimeError::DnsWord(_)
+            | RuntimeError::TmpfsOption(_) => EXIT_ENGINE_ERROR,
         }
     }
 }

@@ -71,6 +71,10 @@ pub(crate) struct InitMessage {
     pub(crate) seccomp: Option<crate::seccomp::Compiled>,
     /// `cgroup.procs` files of the container's cgroup, which its PID 1 joins first thing.
     pub(crate) cgroup_procs: Vec<std::path::PathBuf>,
+    /// With `Spec::tty`: the inherited unix socket over which the container's PID 1 sends
+    /// its terminal's master to the caller (same number in the init and the container).
+    #[serde(default)]
+    pub(crate) console_fd: Option<RawFd>,
 }
 
 /// What the init sends back: at most one `Started`, then exactly one `Exited` or `Failed`
@@ -124,7 +128,7 @@ pub fn init_main() -> ! {
     }
 }
 
-fn inherited_pipes() -> Option<(OwnedFd, OwnedFd)> {
+pub(crate) fn inherited_pipes() -> Option<(OwnedFd, OwnedFd)> {
     let value = std::env::var(FDS_ENV).ok()?;
     let (spec, report) = value.split_once(',')?;
     let spec: RawFd = spec.parse().ok()?;
@@ -165,7 +169,7 @@ fn read_message(spec_pipe: OwnedFd) -> Result<InitMessage, ContainerError> {
     })
 }
 
-fn thread_count() -> usize {
+pub(crate) fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|entries| entries.count())
         .unwrap_or(0)
@@ -213,6 +217,11 @@ fn start_and_wait(
         Err(errno) => return Err(ContainerError::setup("fork", errno)),
     };
     drop(error_write);
+    if let Some(fd) = message.console_fd.filter(|fd| *fd > 2) {
+        // SAFETY: `run` made this fd (the container's end of the terminal socket) inheritable
+        // for this process alone and nothing here uses it; the container has its own copy.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
 
     // End of file without a message: the container's command was executed.
     let mut bytes = Vec::new();
@@ -239,7 +248,7 @@ fn start_and_wait(
     wait_forwarding(child, &waited)
 }
 
-fn wait_forwarding(child: Pid, waited: &SigSet) -> Result<Exit, ContainerError> {
+pub(crate) fn wait_forwarding(child: Pid, waited: &SigSet) -> Result<Exit, ContainerError> {
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(Exit::Code(code)),

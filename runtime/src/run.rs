@@ -2,7 +2,7 @@
 //! program, send it the spec, forward signals, collect the report.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,7 +15,7 @@ use crate::container::{empty_lower_dir, rootfs_dir};
 use crate::error::RuntimeError;
 use crate::forward::Forwarding;
 use crate::init::{FDS_ENV, InitMessage, NamespaceId, PARENT_ENV, Report};
-use crate::spec::{Network, Outcome, Spec};
+use crate::spec::{Dns, Network, Outcome, Spec};
 
 /// Files in the container directory that are bind-mounted over `/etc/<name>`.
 pub(crate) const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
@@ -100,6 +100,30 @@ pub fn run_notifying(
     io: Io,
     started: &mut dyn FnMut(i32),
 ) -> Result<Outcome, RuntimeError> {
+    run_started(spec, init_program, init_args, io, &mut |event| {
+        started(event.pid)
+    })
+}
+
+/// What [`run_started`] hands its caller once the container's command was executed.
+#[derive(Debug)]
+pub struct Started {
+    /// The host pid of the container's PID 1.
+    pub pid: i32,
+    /// With [`Spec::tty`], the master side of the container's terminal (close-on-exec): what
+    /// the container writes is read from it, input and resizes go to it. The caller owns it;
+    /// reads fail with EIO once the container's last process is gone.
+    pub terminal: Option<OwnedFd>,
+}
+
+/// [`run_notifying`], handing over a [`Started`] (pid and, with [`Spec::tty`], the terminal).
+pub fn run_started(
+    spec: &Spec,
+    init_program: &Path,
+    init_args: &[&str],
+    io: Io,
+    started: &mut dyn FnMut(Started),
+) -> Result<Outcome, RuntimeError> {
     spec.validate()?;
     let held = crate::caps::held().map_err(|source| RuntimeError::Init {
         step: "reading kiln's own capabilities",
@@ -117,8 +141,18 @@ pub fn run_notifying(
             source,
         }
     };
+    // The container's PID 1 sends its terminal's master through this socket (see `pty`).
+    let console = if spec.tty {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(init_error("creating the terminal socket"))?;
+        let theirs = above_stdio(theirs.into()).map_err(init_error("creating a pipe"))?;
+        Some((OwnedFd::from(ours), theirs))
+    } else {
+        None
+    };
     let message = InitMessage {
         spec: spec.clone(),
+        console_fd: console.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
         host_mount_ns: NamespaceId::of_mount_namespace()
             .map_err(init_error("reading the host mount namespace"))?,
         capabilities,
@@ -131,6 +165,7 @@ pub fn run_notifying(
     let (spec_read, spec_write) = pipe().map_err(init_error("creating a pipe"))?;
     let (report_read, report_write) = pipe().map_err(init_error("creating a pipe"))?;
     let inherited = [spec_read.as_raw_fd(), report_write.as_raw_fd()];
+    let console_fd = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
 
     let mut command = Command::new(init_program);
     command
@@ -144,7 +179,7 @@ pub fn run_notifying(
     // async-signal-safe calls (fcntl, prctl) on integers; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            for fd in inherited {
+            for fd in inherited.into_iter().chain(console_fd) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -161,6 +196,7 @@ pub fn run_notifying(
     forwarding.target(child.id());
     drop(spec_read);
     drop(report_write);
+    let console = console.map(|(ours, _theirs)| ours);
 
     // The init reads the whole spec before anything else, so this cannot deadlock; a write
     // error (the init died) shows up below as a missing report.
@@ -169,7 +205,12 @@ pub fn run_notifying(
         serde_json::Deserializer::from_reader(std::fs::File::from(report_read)).into_iter();
     let mut report = reports.next();
     if let Some(Ok(Report::Started(pid))) = report {
-        started(pid);
+        // The master was sent before the command was executed, so it is already queued;
+        // end of file (nothing sent) leaves `None`.
+        let terminal = console
+            .as_ref()
+            .and_then(|socket| crate::pty::receive_fd(socket.as_fd()).ok().flatten());
+        started(Started { pid, terminal });
         report = reports.next();
     }
     let status = child.wait().map_err(init_error("waiting for"))?;
@@ -202,7 +243,7 @@ pub fn run_notifying(
 
 /// A close-on-exec pipe whose ends are above 2, so the child's stdio setup cannot clobber
 /// them even when this process runs with a closed standard stream.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
     Ok((above_stdio(read)?, above_stdio(write)?))
 }
@@ -232,9 +273,12 @@ fn prepare_container_dir(spec: &Spec) -> Result<(), RuntimeError> {
     let contents = [
         format!("{}\n", spec.hostname),
         hosts_file(spec),
-        resolv_conf(
-            spec.network,
-            std::fs::read_to_string("/etc/resolv.conf").ok(),
+        with_dns(
+            resolv_conf(
+                spec.network,
+                std::fs::read_to_string("/etc/resolv.conf").ok(),
+            ),
+            &spec.dns,
         ),
     ];
     for (name, content) in ETC_FILES.into_iter().zip(contents) {
@@ -263,8 +307,9 @@ fn write_replacing(path: &Path, content: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&temp, path)
 }
 
-/// Docker's `/etc/hosts` for a container: the localhost block, then the container's name.
-/// With the host network Docker copies the host's file; the host name line is added here too.
+/// Docker's `/etc/hosts` for a container: the localhost block, the `--add-host` entries, then
+/// the container's name. With the host network Docker copies the host's file; the extra
+/// entries and the host name line are added here too.
 fn hosts_file(spec: &Spec) -> String {
     let mut hosts = match spec.network {
         Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
@@ -282,8 +327,56 @@ fn hosts_file(spec: &Spec) -> String {
     if !hosts.ends_with('\n') {
         hosts.push('\n');
     }
+    for entry in &spec.extra_hosts {
+        hosts.push_str(&format!("{}\t{}\n", entry.address, entry.name));
+    }
     hosts.push_str(&format!("127.0.0.1\t{}\n", spec.hostname));
     hosts
+}
+
+/// Docker's resolv.conf with `--dns`, `--dns-search` or `--dns-option` (libnetwork
+/// `resolvconf.Build`): `nameserver` lines, then `search`, then `options`, each taken from the
+/// flags when given and from `base` (the filtered host file) otherwise. Without any flag,
+/// `base` as is. A search list of `.` means no search line.
+pub(crate) fn with_dns(base: String, dns: &Dns) -> String {
+    if dns.is_empty() {
+        return base;
+    }
+    let from_base = |key: &str| -> Vec<String> {
+        base.lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some(key)).then(|| words.map(str::to_string).collect::<Vec<_>>())
+            })
+            .flatten()
+            .collect()
+    };
+    let servers: Vec<String> = if dns.servers.is_empty() {
+        from_base("nameserver")
+    } else {
+        dns.servers.iter().map(ToString::to_string).collect()
+    };
+    let search = if dns.search.is_empty() {
+        from_base("search")
+    } else {
+        dns.search.clone()
+    };
+    let options = if dns.options.is_empty() {
+        from_base("options")
+    } else {
+        dns.options.clone()
+    };
+    let mut text = String::new();
+    for server in servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !search.is_empty() && search.join(" ").trim() != "." {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        text.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    text
 }
 
 /// The host's resolv.conf; in a network namespace of its own the container cannot reach a
@@ -330,6 +423,44 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "new");
         assert!(!std::fs::symlink_metadata(&hosts).unwrap().is_symlink());
+    }
+
+    #[test]
+    fn dns_flags_rebuild_resolv_conf_as_docker_does() {
+        let base = "search example.org\nnameserver 10.0.0.2\noptions ndots:1\n".to_string();
+        assert_eq!(with_dns(base.clone(), &Dns::default()), base);
+        let dns = Dns::parse(&["1.1.1.1".into(), "::1".into()], &[], &["edns0".into()]).unwrap();
+        assert_eq!(
+            with_dns(base.clone(), &dns),
+            "nameserver 1.1.1.1\nnameserver ::1\nsearch example.org\noptions edns0\n"
+        );
+        let dns = Dns::parse(&[], &[".".into()], &[]).unwrap();
+        assert_eq!(
+            with_dns(base, &dns),
+            "nameserver 10.0.0.2\noptions ndots:1\n"
+        );
+        assert!(Dns::parse(&["nope".into()], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn add_host_takes_dockers_syntax() {
+        use crate::spec::HostEntry;
+        let entry: HostEntry = "db:10.0.0.5".parse().unwrap();
+        assert_eq!(
+            (entry.name.as_str(), entry.address.to_string().as_str()),
+            ("db", "10.0.0.5")
+        );
+        let entry: HostEntry = "v6:2001:db8::1".parse().unwrap();
+        assert_eq!(entry.address.to_string(), "2001:db8::1");
+        assert_eq!(
+            "foo".parse::<HostEntry>().unwrap_err().to_string(),
+            "bad format for add-host: \"foo\""
+        );
+        assert_eq!(
+            "foo:bar".parse::<HostEntry>().unwrap_err().to_string(),
+            "invalid IP address in add-host: \"bar\""
+        );
+        assert!("gw:host-gateway".parse::<HostEntry>().is_err());
     }
 
     #[test]

@@ -47,8 +47,20 @@ pub struct Spec {
     pub network: Network,
     /// Mount the root filesystem read-only (`--read-only`).
     pub read_only: bool,
-    /// Host paths bind-mounted into the container (`-v HOST:CTR[:ro]`), in order.
+    /// Host paths bind-mounted into the container (`-v HOST:CTR[:ro]`, and volumes, which are
+    /// bind mounts of their data directory). Mounted together with [`Spec::tmpfs`], parents
+    /// before children (sorted by the depth of the destination, as Docker sorts them).
     pub mounts: Vec<BindMount>,
+    /// tmpfs file systems mounted into the container (`--tmpfs`, `--mount type=tmpfs`).
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Extra `/etc/hosts` entries (`--add-host`), written after the localhost block.
+    #[serde(default)]
+    pub extra_hosts: Vec<HostEntry>,
+    /// `--dns`, `--dns-search`, `--dns-option`: when any is set, `/etc/resolv.conf` is
+    /// rebuilt as Docker builds it.
+    #[serde(default)]
+    pub dns: Dns,
     /// cgroup limits (`-m`, `--memory-swap`, `--cpus`, `--cpu-shares`, `--cpuset-cpus`,
     /// `--pids-limit`). All `None`: the container still gets its own cgroup, unlimited.
     pub resources: Resources,
@@ -71,6 +83,21 @@ pub struct Spec {
     /// `--security-opt no-new-privileges`: set `PR_SET_NO_NEW_PRIVS`, so setuid binaries and
     /// file capabilities grant nothing. Off by default, as in Docker.
     pub no_new_privileges: bool,
+    /// `-t`: the container's PID 1 gets a new pseudo-terminal (created inside the container's
+    /// own devpts, so `tty` shows `/dev/pts/0`) as its controlling terminal and stdin, stdout
+    /// and stderr; the caller gets the master side ([`crate::Started::terminal`]) and the
+    /// streams of [`crate::Io`] are not given to the container.
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size when the container starts (with [`Spec::tty`]), so the command
+    /// never sees 0x0; `None` leaves the kernel's 0x0.
+    #[serde(default)]
+    pub console_size: Option<crate::pty::WindowSize>,
+    /// `--init`: the container's PID 1 is a minimal init forked by the runtime (not a
+    /// program from the host) that starts the command as PID 2, forwards signals to it,
+    /// reaps every orphan and exits with the command's status.
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// cgroup limits of a container. Applied to `kiln/<id>` in each cgroup v1 hierarchy, or in
@@ -245,6 +272,98 @@ pub struct BindMount {
     pub destination: String,
     /// Mount read-only.
     pub read_only: bool,
+    /// Docker's volume copy-up: when `source` is an empty directory and `destination` is a
+    /// directory in the image, the image's content there (files, modes, ownership) is copied
+    /// into `source` before it is mounted. Never copies into a non-empty source.
+    #[serde(default)]
+    pub copy_up: bool,
+}
+
+pub use crate::mounts::TmpfsMount;
+
+/// One `--add-host HOST:IP` line of `/etc/hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    /// The host name: no white space, not empty.
+    pub name: String,
+    /// Its address.
+    pub address: std::net::IpAddr,
+}
+
+impl std::str::FromStr for HostEntry {
+    type Err = RuntimeError;
+
+    /// Docker's `--add-host` syntax: `HOST:IP` (split at the first `:`, so IPv6 addresses
+    /// work) or `HOST=IP`; an IPv6 address may be in brackets. `host-gateway` is refused:
+    /// kiln has no bridge network whose gateway it could name.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (name, address) = text
+            .split_once(['=', ':'])
+            .filter(|(name, _)| !name.is_empty() && !name.contains(char::is_whitespace))
+            .ok_or_else(|| RuntimeError::AddHostFormat(text.to_string()))?;
+        if address == "host-gateway" {
+            return Err(RuntimeError::HostGateway(text.to_string()));
+        }
+        let bare = address
+            .trim()
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or(address.trim());
+        let address = bare
+            .parse()
+            .map_err(|_| RuntimeError::AddHostAddress(address.to_string()))?;
+        Ok(HostEntry {
+            name: name.to_string(),
+            address,
+        })
+    }
+}
+
+/// The container's resolver settings (`--dns`, `--dns-search`, `--dns-option`). Empty lists
+/// take the host's values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// `nameserver` lines.
+    pub servers: Vec<std::net::IpAddr>,
+    /// The `search` domains; `["."]` means none.
+    pub search: Vec<String>,
+    /// The `options` words (`ndots:2`, `edns0`).
+    pub options: Vec<String>,
+}
+
+impl Dns {
+    /// Parses the three flags as Docker validates them: servers must be IP addresses, search
+    /// domains and options single words.
+    pub fn parse(
+        servers: &[String],
+        search: &[String],
+        options: &[String],
+    ) -> Result<Dns, RuntimeError> {
+        let servers = servers
+            .iter()
+            .map(|server| {
+                server
+                    .trim()
+                    .parse()
+                    .map_err(|_| RuntimeError::DnsAddress(server.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for word in search.iter().chain(options) {
+            if word.is_empty() || word.contains(char::is_whitespace) {
+                return Err(RuntimeError::DnsWord(word.clone()));
+            }
+        }
+        Ok(Dns {
+            servers,
+            search: search.to_vec(),
+            options: options.to_vec(),
+        })
+    }
+
+    /// No flag was given: the host's resolv.conf is used as is.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.search.is_empty() && self.options.is_empty()
+    }
 }
 
 /// How the container's process ended.
@@ -326,6 +445,14 @@ impl Spec {
                 what: "container",
                 path: self.container_dir.clone(),
             });
+        }
+        for tmpfs in &self.tmpfs {
+            if !tmpfs.destination.starts_with('/') {
+                return Err(RuntimeError::RelativePath {
+                    what: "mount destination",
+                    path: PathBuf::from(&tmpfs.destination),
+                });
+            }
         }
         for mount in &self.mounts {
             if !mount.destination.starts_with('/') {

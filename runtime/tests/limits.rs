@@ -136,6 +136,7 @@ fn cpu_quota_shares_and_cpuset_are_written_to_the_containers_cgroup() {
         source: f.path("host"),
         destination: "/sync".into(),
         read_only: false,
+        copy_up: false,
     }];
     // The container waits while the test reads its cgroup files from the host side.
     f.sh("cat /proc/self/cgroup | grep -c ':/$'; touch /sync/ready; \

@@ -314,11 +314,13 @@ fn bind_mounts_are_visible_and_read_only_ones_refuse_writes() {
             source: f.path("host"),
             destination: "/mnt/rw".into(),
             read_only: false,
+            copy_up: false,
         },
         BindMount {
             source: f.path("host"),
             destination: "/mnt/ro".into(),
             read_only: true,
+            copy_up: false,
         },
     ];
     f.sh("cat /mnt/ro/file; echo new > /mnt/rw/new; \
@@ -338,6 +340,7 @@ fn an_image_without_layers_runs_on_an_empty_lower_dir() {
         source: common::BUSYBOX.into(),
         destination: "/busybox".into(),
         read_only: true,
+        copy_up: false,
     }];
     f.spec.args = vec!["/busybox".into(), "ls".into(), "/".into()];
     assert_eq!(f.run().success(), "busybox\ndev\netc\nproc\nsys\n");

@@ -13,14 +13,14 @@ use kiln_cache::container::{
 };
 use kiln_cache::image::ImageConfig;
 use kiln_cache::store::Store;
-use kiln_runtime::{BindMount, Io, Network, Resources, Seccomp, Spec, Ulimit};
+use kiln_runtime::{Dns, HostEntry, Network, Resources, Seccomp, Spec, Ulimit};
 use serde_json::{Value, json};
 
-use super::{Global, open_store};
+use super::{Global, open_store, volume};
 use crate::commands::image::render;
 use crate::monitor::{MONITOR_MARKER, SPEC_FILE, StartFailure};
 use crate::output;
-use crate::{Exit, INIT_MARKER, human};
+use crate::{Exit, human};
 
 #[derive(Debug, clap::Args)]
 #[command(trailing_var_arg = true, disable_help_flag = true)]
@@ -58,16 +58,39 @@ pub struct RunArgs {
     /// Mount the container's root filesystem as read only
     #[arg(long = "read-only")]
     read_only: bool,
-    /// Bind mount a host path: HOST:CONTAINER[:ro]
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    /// Bind mount a host path or mount a volume: /HOST:/CTR[:MODE], NAME:/CTR[:MODE]
+    /// (created if missing), /CTR (anonymous volume); MODE: ro, rw, nocopy
+    #[arg(short = 'v', long = "volume", value_name = "SOURCE:CONTAINER[:MODE]")]
     volumes: Vec<String>,
+    /// Attach a filesystem mount: type=bind|volume|tmpfs,source=,target=,readonly,
+    /// volume-nocopy,tmpfs-size=,tmpfs-mode=
+    #[arg(long = "mount")]
+    mounts: Vec<String>,
+    /// Mount a tmpfs directory: /CTR[:OPTIONS] (size=64m,mode=1777,exec,...)
+    #[arg(long = "tmpfs")]
+    tmpfs: Vec<String>,
+    /// Mount the volumes of a container: CONTAINER[:ro|rw]
+    #[arg(long = "volumes-from")]
+    volumes_from: Vec<String>,
+    /// Add a custom host-to-IP mapping to /etc/hosts (HOST:IP)
+    #[arg(long = "add-host")]
+    add_hosts: Vec<String>,
+    /// Set custom DNS servers
+    #[arg(long = "dns")]
+    dns: Vec<String>,
+    /// Set custom DNS search domains ("." for none)
+    #[arg(long = "dns-search")]
+    dns_search: Vec<String>,
+    /// Set DNS options
+    #[arg(long = "dns-option", alias = "dns-opt")]
+    dns_options: Vec<String>,
     /// Set metadata on the container (KEY=VALUE)
     #[arg(short = 'l', long = "label")]
     labels: Vec<String>,
     /// Keep STDIN open (kiln always passes its stdin to a foreground container)
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a pseudo-TTY (not yet supported)
+    /// Allocate a pseudo-TTY
     #[arg(short = 't', long)]
     tty: bool,
     /// Run container in background and print container ID
@@ -109,6 +132,8 @@ pub struct RunArgs {
     /// Security options: seccomp=unconfined|PROFILE.json, no-new-privileges[=true|false]
     #[arg(long = "security-opt")]
     security_opts: Vec<String>,
+    #[command(flatten)]
+    supervision: super::attach::SupervisionArgs,
     /// The image
     image: String,
     /// The command and its arguments (replace the image's CMD)
@@ -128,9 +153,6 @@ fn env_file(path: &Path) -> Result<Vec<String>, String> {
 }
 
 fn unsupported(args: &RunArgs) -> Option<String> {
-    if args.tty {
-        return Some("-t (a pseudo-TTY) is not supported yet: run without -t".into());
-    }
     if !args.publish.is_empty() {
         return Some(
             "-p needs bridge networking, which kiln does not have yet; use --network host".into(),
@@ -140,6 +162,16 @@ fn unsupported(args: &RunArgs) -> Option<String> {
 }
 
 pub fn run(global: &Global, args: RunArgs) -> Exit {
+    run_or_create(global, args, false)
+}
+
+/// Docker's `create`: `run`'s flags and checks, the container recorded (status `Created`)
+/// with its spec and settings, its ID printed; `start` runs it.
+pub fn create(global: &Global, args: RunArgs) -> Exit {
+    run_or_create(global, args, true)
+}
+
+fn run_or_create(global: &Global, args: RunArgs, create_only: bool) -> Exit {
     if let Some(message) = unsupported(&args) {
         return output::error(message);
     }
@@ -160,13 +192,12 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         }
     }
     env.extend(args.env.iter().cloned());
-    let mounts = match args
-        .volumes
-        .iter()
-        .map(|spec| bind_mount(spec))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(mounts) => mounts,
+    let requested = match volume::requested_mounts(&args.volumes, &args.mounts, &args.tmpfs) {
+        Ok(requested) => requested,
+        Err(message) => return output::error(message),
+    };
+    let (extra_hosts, dns) = match name_resolution(&args) {
+        Ok(parsed) => parsed,
         Err(message) => return output::error(message),
     };
     let (resources, ulimits, seccomp, no_new_privileges) = match limits(&args) {
@@ -193,6 +224,16 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         Err(message) => {
             return output::error(format!("image {}: unreadable config: {message}", image.id));
         }
+    };
+    let supervision = match args.supervision.resolve(
+        args.tty,
+        args.interactive,
+        args.rm,
+        super::attach::RunMode::of(args.detach, create_only),
+        &image_config,
+    ) {
+        Ok(supervision) => supervision,
+        Err(message) => return output::error(message),
     };
     let options = ProcessOptions {
         image_name: args.image.clone(),
@@ -222,14 +263,43 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         Ok(config) => config,
         Err(error) => return output::error(error),
     };
+    // The volume lock (shared) is held until the record marks the volumes in use.
+    let (binds, tmpfs, volume_lock) = match volume::resolve_mounts(
+        &store,
+        requested,
+        &args.volumes_from,
+        &image_volumes(&image_config),
+    )
+    .and_then(|(mounts, lock)| {
+        let (binds, tmpfs) = volume::sandbox_mounts(&mounts)?;
+        config.mounts = mounts;
+        Ok((binds, tmpfs, lock))
+    }) {
+        Ok(resolved) => resolved,
+        Err(message) => return output::error(message),
+    };
+    config.volumes_from = args.volumes_from.clone();
+    config.extra_hosts = args.add_hosts.clone();
+    config.dns = args.dns.clone();
+    config.dns_search = args.dns_search.clone();
+    config.dns_options = args.dns_options.clone();
     let created = kiln_cache::import::creation_time();
     let record =
         match store.create_container(&image.id, args.name.as_deref(), config.clone(), created) {
             Ok(record) => record,
-            Err(error) => return output::error_of(&error),
+            Err(error) => {
+                drop(volume_lock);
+                // The anonymous volumes made for this container have no user now.
+                let _ = store.remove_anonymous_volumes(&config.mounts);
+                return output::error_of(&error);
+            }
         };
+    drop(volume_lock);
     if config.hostname.is_empty() {
         config.hostname = record.short_id().to_string();
+    }
+    if let Err(error) = store.set_container_supervision(&record.id, &supervision) {
+        return output::error_of(&error);
     }
     let dir = store.container_dir(&record.id);
     let spec = Spec {
@@ -256,7 +326,13 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         hostname: config.hostname.clone(),
         network,
         read_only: config.read_only,
-        mounts,
+        mounts: binds,
+        tmpfs,
+        extra_hosts,
+        dns,
+        tty: supervision.tty,
+        console_size: None,
+        init: supervision.init,
     };
     let program = match std::env::current_exe() {
         Ok(program) => program,
@@ -273,6 +349,10 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         .and_then(|bytes| std::fs::write(&spec_path, bytes))
     {
         return output::error(format!("writing {}: {error}", spec_path.display()));
+    }
+    if create_only {
+        output::out(&format!("{}\n", record.id));
+        return Exit::Success;
     }
     if args.detach {
         return match start_monitor(&store, &record.id, &program) {
@@ -293,7 +373,7 @@ pub fn run(global: &Global, args: RunArgs) -> Exit {
         ..ContainerState::default()
     };
     let _ = store.set_container_state(&record.id, &running);
-    let result = kiln_runtime::run(&spec, &program, &[INIT_MARKER], Io::inherit());
+    let result = super::attach::run_foreground(&spec, &program, args.interactive);
     let (code, oom_killed, failure) = match &result {
         Ok(outcome) => (outcome.code(), outcome.oom_killed, None),
         Err(error) => (error.exit_code(), false, Some(error)),
@@ -404,44 +484,34 @@ fn ram_in_bytes(text: &str) -> Result<i64, String> {
     Ok((value * multiplier) as i64)
 }
 
-/// `-v HOST:CONTAINER[:ro|rw]` (a host path; named volumes come later).
-fn bind_mount(spec: &str) -> Result<BindMount, String> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (source, destination, mode) = match parts.as_slice() {
-        [source, destination] => (*source, *destination, "rw"),
-        [source, destination, mode] => (*source, *destination, *mode),
-        _ => {
-            return Err(format!(
-                "invalid volume specification: '{spec}': expected HOST:CONTAINER[:ro]"
-            ));
-        }
-    };
-    if !source.starts_with('/') {
-        return Err(format!(
-            "invalid volume specification: '{spec}': named volumes are not supported yet; give an absolute host path"
-        ));
-    }
-    if !destination.starts_with('/') {
-        return Err(format!(
-            "invalid volume specification: '{spec}': the container path must be absolute"
-        ));
-    }
-    let read_only = match mode {
-        "ro" => true,
-        "rw" => false,
-        other => return Err(format!("invalid mode: {other}")),
-    };
-    Ok(BindMount {
-        source: PathBuf::from(source),
-        destination: destination.to_string(),
-        read_only,
-    })
+/// The image config's `VOLUME`s (each gets an anonymous volume unless mounted otherwise).
+fn image_volumes(image: &ImageConfig) -> Vec<String> {
+    image
+        .config
+        .volumes
+        .iter()
+        .flatten()
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// `--add-host` entries and the `--dns*` settings, as the runtime takes them.
+fn name_resolution(args: &RunArgs) -> Result<(Vec<HostEntry>, Dns), String> {
+    let hosts = args
+        .add_hosts
+        .iter()
+        .map(|text| text.parse::<HostEntry>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| error.to_string())?;
+    let dns = Dns::parse(&args.dns, &args.dns_search, &args.dns_options)
+        .map_err(|error| error.to_string())?;
+    Ok((hosts, dns))
 }
 
 /// Starts the monitor of container `id` (whose `spec.json` is written) and waits until it has
 /// started the container and recorded it as running, or failed to (the error and its exit
 /// code, also in the container's log).
-fn start_monitor(store: &Store, id: &str, program: &Path) -> Result<(), StartFailure> {
+pub(crate) fn start_monitor(store: &Store, id: &str, program: &Path) -> Result<(), StartFailure> {
     // The monitor runs in `/`: a relative `--root` must become absolute.
     let root = std::path::absolute(store.layout().root()).map_err(|error| StartFailure {
         code: 125,
@@ -464,7 +534,7 @@ fn start_monitor(store: &Store, id: &str, program: &Path) -> Result<(), StartFai
 
 /// The process whose life is the container's: the monitor of a detached container, the
 /// `kiln run` process of a foreground one.
-fn supervisor(state: &ContainerState) -> i32 {
+pub(crate) fn supervisor(state: &ContainerState) -> i32 {
     if state.monitor_pid != 0 {
         state.monitor_pid
     } else {
@@ -474,9 +544,11 @@ fn supervisor(state: &ContainerState) -> i32 {
 
 /// A container whose recorded supervisor (monitor or `kiln run` process) is gone is not running
 /// any more: its init died with it (parent-death signal).
-fn current_state(store: &Store, record: &ContainerRecord) -> ContainerState {
+pub(crate) fn current_state(store: &Store, record: &ContainerRecord) -> ContainerState {
     let mut state = record.state.clone();
-    if state.status == Status::Running && !kiln_runtime::process_exists(supervisor(&state)) {
+    if matches!(state.status, Status::Running | Status::Restarting)
+        && !kiln_runtime::process_exists(supervisor(&state))
+    {
         state = ContainerState {
             status: Status::Exited,
             exit_code: 137,
@@ -488,13 +560,24 @@ fn current_state(store: &Store, record: &ContainerRecord) -> ContainerState {
     state
 }
 
+/// Whether a running container is paused (its cgroup frozen): Docker's `Paused` state.
+fn paused(id: &str, state: &ContainerState) -> bool {
+    state.status == Status::Running && kiln_runtime::container_paused(id)
+}
+
 /// Docker's STATUS column: `Created`, `Up 3 minutes`, `Exited (0) 2 seconds ago`.
 fn status_text(state: &ContainerState) -> String {
     match state.status {
         Status::Created => "Created".to_string(),
         Status::Running => format!(
-            "Up {}",
-            human::since(state.started_at.as_deref()).trim_end_matches(" ago")
+            "Up {}{}",
+            human::since(state.started_at.as_deref()).trim_end_matches(" ago"),
+            super::attach::health_suffix(state)
+        ),
+        Status::Restarting => format!(
+            "Restarting ({}) {}",
+            state.exit_code,
+            human::since(state.finished_at.as_deref())
         ),
         Status::Exited => format!(
             "Exited ({}) {}",
@@ -540,7 +623,9 @@ pub fn ps(global: &Global, args: PsArgs) -> Exit {
     let rows: Vec<Value> = containers
         .iter()
         .map(|record| (record, current_state(&store, record)))
-        .filter(|(_, state)| show_all || state.status == Status::Running)
+        .filter(|(_, state)| {
+            show_all || matches!(state.status, Status::Running | Status::Restarting)
+        })
         .take(limit.unwrap_or(usize::MAX))
         .map(|(record, state)| {
             let command = record.config.args.join(" ");
@@ -549,14 +634,15 @@ pub fn ps(global: &Global, args: PsArgs) -> Exit {
             } else {
                 format!("\"{}…\"", command.chars().take(19).collect::<String>())
             };
+            let paused = paused(&record.id, &state);
             json!({
                 "ID": if args.no_trunc { record.id.clone() } else { record.short_id().to_string() },
                 "Image": record.config.image_name,
                 "Command": command,
                 "CreatedAt": record.created,
                 "RunningFor": human::since(Some(&record.created)),
-                "Status": status_text(&state),
-                "State": serde_json::to_value(state.status).unwrap_or(Value::Null),
+                "Status": if paused { format!("{} (Paused)", status_text(&state)) } else { status_text(&state) },
+                "State": if paused { json!("paused") } else { serde_json::to_value(state.status).unwrap_or(Value::Null) },
                 "Ports": "",
                 "Names": record.name,
                 "Labels": record.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
@@ -597,7 +683,7 @@ pub struct RmArgs {
     /// Force the removal of a running container
     #[arg(short = 'f', long)]
     force: bool,
-    /// Remove anonymous volumes associated with the container (kiln has none yet)
+    /// Remove anonymous volumes associated with the container (named volumes stay)
     #[arg(short = 'v', long)]
     volumes: bool,
     /// Containers to remove
@@ -614,20 +700,29 @@ pub fn rm(global: &Global, args: RmArgs) -> Exit {
     for name in &args.containers {
         let result = store.container(name).and_then(|record| {
             let state = current_state(&store, &record);
-            if state.status == Status::Running && !args.force {
+            let active = matches!(state.status, Status::Running | Status::Restarting);
+            if active && !args.force {
                 return Ok(Err(format!(
                     "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
                     record.name
                 )));
             }
-            if state.status == Status::Running {
-                // Docker's `rm -f`: SIGKILL, then the supervisor records the exit.
+            if active {
+                // Docker's `rm -f`: SIGKILL, then the supervisor records the exit; marked
+                // stopped first, so a restart policy does not bring it back.
+                let _ = store.set_container_stopped_by_hand(&record.id, true);
                 let _ = kiln_runtime::signal_container(&record.id, libc_signal::SIGKILL);
                 kiln_runtime::wait_for_exit(supervisor(&state), Some(std::time::Duration::from_secs(10)));
             }
             // A run killed with kill -9 may leave its (empty) cgroup behind.
             let _ = kiln_runtime::remove_cgroup(&record.id);
-            store.remove_container(&record.id).map(Ok)
+            store.remove_container(&record.id)?;
+            if args.volumes
+                && let Err(error) = store.remove_anonymous_volumes(&record.config.mounts)
+            {
+                return Ok(Err(error.to_string()));
+            }
+            Ok(Ok(()))
         });
         match result {
             Ok(Ok(())) => output::out(&format!("{name}\n")),
@@ -646,7 +741,14 @@ pub fn rm(global: &Global, args: RmArgs) -> Exit {
 
 /// Docker's container inspect object.
 pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
+    let mut value = inspect_base(store, record);
+    super::attach::add_supervision(store, record, &mut value);
+    value
+}
+
+fn inspect_base(store: &Store, record: &ContainerRecord) -> Value {
     let state = current_state(store, record);
+    let paused = paused(&record.id, &state);
     let config = &record.config;
     let (path, args) = config
         .args
@@ -654,16 +756,16 @@ pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
         .map_or((String::new(), Vec::new()), |(path, args)| {
             (path.clone(), args.to_vec())
         });
-    json!({
+    let mut inspect = json!({
         "Id": record.id,
         "Created": record.created,
         "Path": path,
         "Args": args,
         "State": {
-            "Status": serde_json::to_value(state.status).unwrap_or(Value::Null),
+            "Status": if paused { json!("paused") } else { serde_json::to_value(state.status).unwrap_or(Value::Null) },
             "Running": state.status == Status::Running,
-            "Paused": false,
-            "Restarting": false,
+            "Paused": paused,
+            "Restarting": state.status == Status::Restarting,
             "OOMKilled": state.oom_killed,
             "Dead": false,
             // The container's PID 1 as the host sees it (Docker's State.Pid); the supervisor's
@@ -680,9 +782,9 @@ pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
         },
         "Image": record.image.to_string(),
         "Name": format!("/{}", record.name),
-        "RestartCount": 0,
+        "RestartCount": state.restart_count,
         "Driver": "overlay",
-        "Mounts": [],
+        "Mounts": volume::mounts_json(&config.mounts),
         "Config": {
             "Hostname": if config.hostname.is_empty() { record.short_id().to_string() } else { config.hostname.clone() },
             "User": config.user,
@@ -705,7 +807,11 @@ pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
                 "WorkDir": store.container_dir(&record.id).join("work").display().to_string(),
             },
         },
-    })
+    });
+    if let Some(host) = inspect["HostConfig"].as_object_mut() {
+        host.extend(volume::host_config_json(config));
+    }
+    inspect
 }
 
 /// Runs `each` on every named container, reporting failures as Docker does (`Error response
@@ -735,20 +841,34 @@ fn for_each_container(
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
+    /// Attach STDOUT/STDERR and forward signals
+    #[arg(short = 'a', long)]
+    pub(crate) attach: bool,
+    /// Attach container's STDIN
+    #[arg(short = 'i', long)]
+    pub(crate) interactive: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys", value_name = "KEYS")]
+    pub(crate) detach_keys: Option<String>,
     /// Containers to start
     #[arg(required = true)]
-    containers: Vec<String>,
+    pub(crate) containers: Vec<String>,
 }
 
 /// Starts exited or created containers again, detached, with the spec and upper directory of
 /// their first run. A running container is left alone (as Docker does).
 pub fn start(global: &Global, args: StartArgs) -> Exit {
+    if args.attach || args.interactive {
+        return super::attach::start_attached(global, &args);
+    }
     let program = match std::env::current_exe() {
         Ok(program) => program,
         Err(error) => return output::error(format!("cannot find the kiln binary: {error}")),
     };
     for_each_container(global, &args.containers, &|store, record, name| {
         if current_state(store, record).status != Status::Running {
+            // A start by hand undoes a stop by hand (the restart policy applies again).
+            let _ = store.set_container_stopped_by_hand(&record.id, false);
             start_monitor(store, &record.id, &program).map_err(|failure| failure.message)?;
         }
         output::out(&format!("{name}\n"));
@@ -758,22 +878,30 @@ pub fn start(global: &Global, args: StartArgs) -> Exit {
 
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
-    /// Seconds to wait before killing the container
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u64,
+    /// Seconds to wait before killing the container [default: the container's
+    /// --stop-timeout, else 10; -1 waits forever]
+    #[arg(short = 't', long = "time", allow_hyphen_values = true)]
+    time: Option<i64>,
     /// Containers to stop
     #[arg(required = true)]
     containers: Vec<String>,
 }
 
-/// The signal that stops a container: the image's `StopSignal`, else SIGTERM.
+/// The signal that stops a container: its `--stop-signal` (which `create` takes from the
+/// image's `StopSignal`), else the image's `StopSignal`, else SIGTERM.
 fn stop_signal(store: &Store, record: &ContainerRecord) -> i32 {
     store
-        .blobs()
-        .read(&record.image)
+        .container_supervision(&record.id)
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<ImageConfig>(&bytes).ok())
-        .and_then(|config| config.config.stop_signal)
+        .and_then(|supervision| supervision.stop_signal)
+        .or_else(|| {
+            store
+                .blobs()
+                .read(&record.image)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<ImageConfig>(&bytes).ok())
+                .and_then(|config| config.config.stop_signal)
+        })
         .and_then(|name| kiln_runtime::parse_signal(&name))
         .unwrap_or(libc_signal::SIGTERM)
 }
@@ -787,14 +915,49 @@ mod libc_signal {
 /// Docker's `stop`: the stop signal, up to `-t` seconds for the container to end, then SIGKILL.
 /// Returns when the container's supervisor has recorded the exit.
 pub fn stop(global: &Global, args: StopArgs) -> Exit {
-    let timeout = std::time::Duration::from_secs(args.time);
     for_each_container(global, &args.containers, &|store, record, name| {
-        let state = current_state(store, record);
-        if state.status == Status::Running {
+        stop_container(store, record, name, args.time)?;
+        output::out(&format!("{name}\n"));
+        Ok(())
+    })
+}
+
+/// Stops one container as `stop` does: marks it stopped by hand (so its restart policy does
+/// not bring it back), sends the stop signal, waits `time` seconds (default: the container's
+/// `--stop-timeout`, else 10; negative: forever), then SIGKILL. A container waiting to be
+/// restarted just ends. Returns once its supervisor has recorded the exit.
+pub(crate) fn stop_container(
+    store: &Store,
+    record: &ContainerRecord,
+    name: &str,
+    time: Option<i64>,
+) -> Result<(), String> {
+    let seconds = time
+        .or_else(|| {
+            store
+                .container_supervision(&record.id)
+                .ok()
+                .and_then(|supervision| supervision.stop_timeout)
+        })
+        .unwrap_or(10);
+    let timeout = u64::try_from(seconds)
+        .ok()
+        .map(std::time::Duration::from_secs);
+    let state = current_state(store, record);
+    if matches!(state.status, Status::Running | Status::Restarting) {
+        store
+            .set_container_stopped_by_hand(&record.id, true)
+            .map_err(|error| format!("cannot stop container: {name}: {error}"))?;
+    }
+    if state.status == Status::Restarting {
+        kiln_runtime::wait_for_exit(supervisor(&state), Some(std::time::Duration::from_secs(10)));
+    }
+    if state.status == Status::Running {
+        {
             let pid = supervisor(&state);
             let signalled = kiln_runtime::signal_container(&record.id, stop_signal(store, record))
                 .map_err(|errno| format!("cannot stop container: {name}: {errno}"))?;
-            if !signalled || !kiln_runtime::wait_for_exit(pid, Some(timeout)) {
+            if !signalled || !kiln_runtime::wait_for_exit(pid, timeout) {
                 let _ = kiln_runtime::signal_container(&record.id, libc_signal::SIGKILL);
                 // The supervisor records the exit as soon as PID 1 is gone; a bound anyway,
                 // so a wedged supervisor cannot hang `stop`.
@@ -803,9 +966,8 @@ pub fn stop(global: &Global, args: StopArgs) -> Exit {
                 }
             }
         }
-        output::out(&format!("{name}\n"));
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -855,7 +1017,7 @@ pub struct WaitArgs {
 pub fn wait(global: &Global, args: WaitArgs) -> Exit {
     for_each_container(global, &args.containers, &|store, record, _| {
         let state = current_state(store, record);
-        if state.status == Status::Running {
+        if matches!(state.status, Status::Running | Status::Restarting) {
             kiln_runtime::wait_for_exit(supervisor(&state), None);
         }
         let code = match store.container(&record.id) {

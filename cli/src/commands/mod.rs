@@ -1,14 +1,17 @@
 //! One module per command: parse arguments, call one library entry point, render.
 
 pub mod archive;
+pub mod attach;
 pub mod build;
 pub mod changes;
 pub mod check;
 pub mod container;
 pub mod debug;
+pub mod exec;
 pub mod image;
 pub mod system;
 pub mod version;
+pub mod volume;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};

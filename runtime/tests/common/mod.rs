@@ -75,6 +75,9 @@ impl Fixture {
             network: Network::None,
             read_only: false,
             mounts: vec![],
+            tmpfs: vec![],
+            extra_hosts: vec![],
+            dns: Default::default(),
             resources: Default::default(),
             ulimits: vec![],
             cap_add: vec![],
@@ -82,6 +85,9 @@ impl Fixture {
             privileged: false,
             seccomp: Default::default(),
             no_new_privileges: false,
+            tty: false,
+            console_size: None,
+            init: false,
         };
         Fixture { dir, spec }
     }
