@@ -104,6 +104,8 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<i64>,
     pub sandbox: Sandbox,
     pub compression: Compression,
+    /// `--secret` values by id, for `RUN --mount=type=secret`.
+    pub secrets: BTreeMap<String, Vec<u8>>,
 }
 
 /// A step of the build, as progress shows it.
@@ -824,19 +826,22 @@ impl Build<'_> {
                         BuildNetwork::None => "none",
                     },
                 };
-                if let Some(mount) = run.mounts.first() {
-                    return Err(BuildError::at(
-                        mount.span,
-                        "RUN --mount is not supported yet by kiln",
-                    ));
-                }
+                let mounts = self.run_mounts(store, state, &env, run, statement)?;
+                let mut process_env = process_env;
+                let key_env: Vec<String> = process_env
+                    .iter()
+                    .filter(|entry| !is_proxy(entry))
+                    .cloned()
+                    .collect();
+                process_env.extend(mounts.env.iter().cloned());
                 let definition = serde_json::json!({
                     "op": "run",
                     "args": argv,
-                    "env": process_env.iter().filter(|entry| !is_proxy(entry)).collect::<Vec<_>>(),
+                    "env": key_env,
                     "user": state.config.config.user,
                     "cwd": state.config.config.working_dir,
                     "network": network,
+                    "mounts": mounts.definition,
                 });
                 let created_by = format!("RUN {} # buildkit", argv.join(" "));
                 let step_def = FsStep {
@@ -853,6 +858,7 @@ impl Build<'_> {
                         argv.clone(),
                         process_env.clone(),
                         network,
+                        &mounts,
                         statement,
                         step,
                     )
@@ -946,6 +952,230 @@ impl Build<'_> {
                 Err(BuildError::at(statement.span, "not a file-system step"))
             }
         }
+    }
+
+    /// Resolves a RUN step's `--mount`s: cache directories in the store (persisting across
+    /// builds, never part of the image), secrets, tmpfs, read-only binds of context paths.
+    fn run_mounts(
+        &self,
+        store: &Store,
+        state: &State,
+        env: &BTreeMap<String, String>,
+        run: &kiln_parser::ast::Run,
+        statement: &Statement,
+    ) -> Result<RunMounts, BuildError> {
+        use kiln_parser::ast::MountKind;
+        let lexer = Lexer::new(self.escape);
+        let mut mounts = RunMounts::default();
+        let workdir = state
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_string());
+        for mount in &run.mounts {
+            let span = mount.span;
+            let expand =
+                |word: &Option<kiln_parser::ast::Word>| -> Result<Option<String>, BuildError> {
+                    word.as_ref()
+                        .map(|word| {
+                            lexer
+                                .expand_word(&word.text, env)
+                                .map(|expansion| expansion.value)
+                                .map_err(|error| BuildError::at(word.span, error))
+                        })
+                        .transpose()
+                };
+            let absolute = |path: String| {
+                if path.starts_with('/') {
+                    kiln_parser::path::clean(&path)
+                } else {
+                    kiln_parser::path::clean(&format!("{workdir}/{path}"))
+                }
+            };
+            let target = expand(&mount.target)?.map(absolute);
+            let number = |word: &Option<kiln_parser::ast::Word>,
+                          radix: u32,
+                          default: u32|
+             -> Result<u32, BuildError> {
+                match expand(word)? {
+                    None => Ok(default),
+                    Some(text) => u32::from_str_radix(&text, radix).map_err(|_| {
+                        BuildError::at(span, format!("invalid number {text:?} in --mount"))
+                    }),
+                }
+            };
+            match mount.kind {
+                MountKind::Cache => {
+                    let target = target
+                        .ok_or_else(|| BuildError::at(span, "a cache mount needs a target"))?;
+                    let id = expand(&mount.id)?.unwrap_or_else(|| target.clone());
+                    if mount.from.is_some() {
+                        return Err(BuildError::at(
+                            span,
+                            "cache mounts with from= are not supported yet by kiln",
+                        ));
+                    }
+                    let (uid, gid, mode) = (
+                        number(&mount.uid, 10, 0)?,
+                        number(&mount.gid, 10, 0)?,
+                        number(&mount.mode, 8, 0o755)?,
+                    );
+                    let dir = store
+                        .layout()
+                        .root()
+                        .join("cache-mounts")
+                        .join(Digest::of(id.as_bytes()).hex());
+                    if !dir.is_dir() {
+                        use std::os::unix::fs::PermissionsExt;
+                        let parent = store.layout().root().join("cache-mounts");
+                        let staging = tempfile::Builder::new()
+                            .prefix("new-")
+                            .tempdir_in({
+                                fs::create_dir_all(&parent)
+                                    .map_err(|source| BuildError::at(span, source))?;
+                                &parent
+                            })
+                            .map_err(|source| BuildError::at(span, source))?;
+                        fs::set_permissions(staging.path(), fs::Permissions::from_mode(mode))
+                            .and_then(|()| {
+                                std::os::unix::fs::chown(staging.path(), Some(uid), Some(gid))
+                            })
+                            .map_err(|source| BuildError::at(span, source))?;
+                        // Another build may have made it first: keep theirs.
+                        let staged = staging.keep();
+                        if fs::rename(&staged, &dir).is_err() {
+                            let _ = fs::remove_dir_all(&staged);
+                        }
+                    }
+                    if mount.sharing == Some(kiln_parser::ast::Sharing::Locked) {
+                        mounts.locked.push(dir.clone());
+                    }
+                    mounts
+                        .definition
+                        .push(serde_json::json!({"type": "cache", "target": target, "id": id}));
+                    mounts.binds.push(kiln_runtime::BindMount {
+                        source: dir,
+                        destination: target,
+                        read_only: mount.is_read_only(),
+                        copy_up: false,
+                    });
+                }
+                MountKind::Tmpfs => {
+                    let target = target
+                        .ok_or_else(|| BuildError::at(span, "a tmpfs mount needs a target"))?;
+                    let size = match expand(&mount.size)? {
+                        None => None,
+                        Some(text) => Some(parse_bytes(&text).ok_or_else(|| {
+                            BuildError::at(span, format!("invalid tmpfs size {text:?}"))
+                        })?),
+                    };
+                    mounts
+                        .definition
+                        .push(serde_json::json!({"type": "tmpfs", "target": target, "size": size}));
+                    mounts.tmpfs.push(kiln_runtime::TmpfsMount {
+                        destination: target,
+                        size,
+                        mode: None,
+                        read_only: false,
+                        exec: true,
+                        suid: false,
+                        dev: false,
+                        ..Default::default()
+                    });
+                }
+                MountKind::Secret => {
+                    let id = match (expand(&mount.id)?, &target) {
+                        (Some(id), _) => id,
+                        (None, Some(target)) => {
+                            target.rsplit('/').next().unwrap_or_default().to_string()
+                        }
+                        (None, None) => {
+                            return Err(BuildError::at(
+                                span,
+                                "a secret mount needs an id or a target",
+                            ));
+                        }
+                    };
+                    let Some(content) = self.options.secrets.get(&id) else {
+                        if mount.required == Some(true) {
+                            return Err(BuildError::at(
+                                span,
+                                format!(
+                                    "secret {id} not found: give it with --secret id={id},src=FILE"
+                                ),
+                            ));
+                        }
+                        continue;
+                    };
+                    let env_name = expand(&mount.env)?;
+                    mounts.definition.push(serde_json::json!({"type": "secret", "id": id, "target": target, "env": env_name}));
+                    if let Some(name) = env_name {
+                        mounts
+                            .env
+                            .push(format!("{name}={}", String::from_utf8_lossy(content)));
+                        if target.is_none() {
+                            continue;
+                        }
+                    }
+                    let destination = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                    mounts.secrets.push((
+                        destination,
+                        content.clone(),
+                        number(&mount.mode, 8, 0o400)?,
+                    ));
+                }
+                MountKind::Bind => {
+                    let target = target
+                        .ok_or_else(|| BuildError::at(span, "a bind mount needs a target"))?;
+                    if mount.from.is_some() {
+                        return Err(BuildError::at(
+                            span,
+                            "bind mounts from another stage or image are not supported yet by kiln",
+                        ));
+                    }
+                    if !mount.is_read_only() {
+                        return Err(BuildError::at(
+                            span,
+                            "read-write bind mounts (rw) are not supported yet by kiln",
+                        ));
+                    }
+                    let source = expand(&mount.source)?.unwrap_or_else(|| ".".to_string());
+                    let found = self
+                        .options
+                        .context
+                        .sources(&source)
+                        .map_err(|error| context_error(span, "RUN --mount", &source, error))?;
+                    let [found] = found.as_slice() else {
+                        return Err(BuildError::at(
+                            span,
+                            format!("bind mount source {source:?} must name one path"),
+                        ));
+                    };
+                    let mut inputs = BTreeMap::new();
+                    let digest = self
+                        .options
+                        .context
+                        .digest(found, &mut inputs)
+                        .map_err(|error| context_error(span, "RUN --mount", &source, error))?;
+                    mounts.definition.push(serde_json::json!({"type": "bind", "target": target, "source": found.relative, "content": digest.to_string()}));
+                    mounts.binds.push(kiln_runtime::BindMount {
+                        source: found.host.clone(),
+                        destination: target,
+                        read_only: true,
+                        copy_up: false,
+                    });
+                }
+                MountKind::Ssh => {
+                    return Err(BuildError::at(
+                        span,
+                        "ssh mounts are not supported yet by kiln",
+                    ));
+                }
+            }
+        }
+        let _ = statement;
+        Ok(mounts)
     }
 
     /// The environment of a RUN process: the config's env, then declared build args the env
@@ -1137,6 +1367,7 @@ impl Build<'_> {
         argv: Vec<String>,
         env: Vec<String>,
         network: &str,
+        mounts: &RunMounts,
         statement: &Statement,
         step: usize,
     ) -> Result<(), BuildError> {
@@ -1148,7 +1379,27 @@ impl Build<'_> {
             ])
             .hex()[..24]
         );
-        let mounts = Vec::new();
+        // Locks of `sharing=locked` cache mounts, held while the step runs.
+        let _locks = mounts.lock(statement.span)?;
+        let mut binds = mounts.binds.clone();
+        // Secrets go to files in the step's directory (never in the upper dir), bound read-only.
+        for (index, (destination, content, mode)) in mounts.secrets.iter().enumerate() {
+            let path = work.join(format!("secret-{index}"));
+            fs::write(&path, content)
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
+                })
+                .map_err(|source| {
+                    BuildError::at(statement.span, format!("writing a secret: {source}"))
+                })?;
+            binds.push(kiln_runtime::BindMount {
+                source: path,
+                destination: destination.clone(),
+                read_only: true,
+                copy_up: false,
+            });
+        }
         let work_dir = work.join("work");
         fs::create_dir_all(&work_dir).map_err(|source| {
             BuildError::at(
@@ -1182,7 +1433,8 @@ impl Build<'_> {
         } else {
             kiln_runtime::Network::Host
         };
-        spec.mounts = mounts;
+        spec.mounts = binds;
+        spec.tmpfs = mounts.tmpfs.clone();
         let (out_reader, out_writer) = io::pipe().map_err(|source| {
             BuildError::at(statement.span, format!("creating a pipe: {source}"))
         })?;
@@ -1319,6 +1571,44 @@ fn image_view(
             .collect(),
     );
     Ok((empty, fs))
+}
+
+/// The `RUN --mount`s of a step, resolved.
+#[derive(Debug, Default)]
+struct RunMounts {
+    binds: Vec<kiln_runtime::BindMount>,
+    tmpfs: Vec<kiln_runtime::TmpfsMount>,
+    /// (destination, content, mode) of secret files.
+    secrets: Vec<(String, Vec<u8>, u32)>,
+    /// `secret,env=NAME`: variables for the process, never in keys or history.
+    env: Vec<String>,
+    /// Cache directories to lock exclusively while the step runs (`sharing=locked`).
+    locked: Vec<PathBuf>,
+    /// What the cache key sees of them (no secret content, no host paths).
+    definition: Vec<serde_json::Value>,
+}
+
+impl RunMounts {
+    fn lock(&self, span: Span) -> Result<Vec<fs::File>, BuildError> {
+        self.locked
+            .iter()
+            .map(|dir| {
+                let path = dir.with_extension("lock");
+                let file = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| {
+                        BuildError::at(span, format!("{}: {source}", path.display()))
+                    })?;
+                file.lock().map_err(|source| {
+                    BuildError::at(span, format!("locking {}: {source}", path.display()))
+                })?;
+                Ok(file)
+            })
+            .collect()
+    }
 }
 
 /// A COPY or ADD with its words expanded.
@@ -1855,6 +2145,24 @@ impl Build<'_> {
         let (view, fs) = image_view(store, &layers)?;
         Ok((view, fs, key))
     }
+}
+
+/// A size such as `64m`, `1g`, `4096` (powers of 1024).
+fn parse_bytes(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let value: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return None,
+    };
+    value.checked_mul(multiplier)
 }
 
 /// `/a/b/c` → (`/a/b`, `c`).

@@ -420,3 +420,73 @@ fn parse_errors_exit_1_with_location() {
         .code(125);
     assert!(stderr(&missing).contains("not found"));
 }
+
+#[test]
+fn run_mounts_cache_secret_tmpfs_and_bind() {
+    let Some(dir) = busybox_store(&[], &[]) else {
+        return;
+    };
+    let ctx = context(
+        &dir,
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 RUN --mount=type=cache,target=/cache,id=c1 echo run >> /cache/log && wc -l < /cache/log > /runs\n\
+                 RUN --mount=type=secret,id=token cat /run/secrets/token > /seen-secret-length.txt && wc -c < /run/secrets/token > /secret-length\n\
+                 RUN --mount=type=secret,id=token,env=TOKEN test \"$TOKEN\" = s3cret\n\
+                 RUN --mount=type=tmpfs,target=/scratch grep -q ' /scratch tmpfs' /proc/mounts && touch /scratch/x\n\
+                 RUN --mount=type=bind,source=data,target=/data cat /data/value > /from-bind\n",
+            ),
+            ("data/value", "bound\n"),
+        ],
+    );
+    let secret = dir.path().join("token.txt");
+    fs::write(&secret, "s3cret").unwrap();
+    let secret_arg = format!("id=token,src={}", secret.display());
+    build(&dir, &ctx, &["--secret", &secret_arg, "-t", "mounts:1"]).success();
+    assert_eq!(run_output(&dir, &["mounts:1", "cat", "/runs"]), "1\n");
+    // The cache mount keeps its content across builds, even without the build cache.
+    build(
+        &dir,
+        &ctx,
+        &["--secret", &secret_arg, "--no-cache", "-t", "mounts:2"],
+    )
+    .success();
+    assert_eq!(run_output(&dir, &["mounts:2", "cat", "/runs"]), "2\n");
+    assert_eq!(
+        run_output(&dir, &["mounts:2", "cat", "/secret-length"]),
+        "6\n"
+    );
+    assert_eq!(
+        run_output(&dir, &["mounts:2", "cat", "/from-bind"]),
+        "bound\n"
+    );
+    // Nothing of the mounts is in the image: no secret content, no tmpfs or cache files.
+    let listing = run_output(
+        &dir,
+        &[
+            "mounts:2",
+            "sh",
+            "-c",
+            "ls -A /cache /scratch; cat /run/secrets/token 2>/dev/null; true",
+        ],
+    );
+    assert!(!listing.contains("s3cret"), "{listing}");
+    assert!(
+        !listing.contains("log") && !listing.contains('x'),
+        "{listing}"
+    );
+    // A required secret that was not given fails at its line.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=secret,id=absent,required=true true\n",
+    )
+    .unwrap();
+    let assert = build(&dir, &ctx, &[]).failure().code(1);
+    assert!(
+        stderr(&assert).contains("Dockerfile:2:"),
+        "{}",
+        stderr(&assert)
+    );
+}

@@ -60,6 +60,9 @@ pub struct BuildArgs {
     /// Network of RUN steps: default (the host's, kiln has no bridge yet), host or none
     #[arg(long, default_value = "default")]
     network: String,
+    /// A secret for RUN --mount=type=secret: id=ID[,src=FILE|,env=VARIABLE] (repeatable)
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    secrets: Vec<String>,
     /// Say why each step that ran could not come from the cache (the input that changed)
     #[arg(long = "explain-cache")]
     explain_cache: bool,
@@ -244,6 +247,15 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
             return output::error("invalid SOURCE_DATE_EPOCH: expected seconds since the epoch");
         }
     };
+    let mut secrets = BTreeMap::new();
+    for secret in &args.secrets {
+        match read_secret(secret) {
+            Ok((id, value)) => {
+                secrets.insert(id, value);
+            }
+            Err(message) => return output::error(message),
+        }
+    }
     let program = match std::env::current_exe() {
         Ok(program) => program,
         Err(error) => {
@@ -278,6 +290,7 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
             args: vec![INIT_MARKER.to_string()],
         },
         compression: Compression::Gzip,
+        secrets,
     };
     let progress = PlainProgress {
         start: Instant::now(),
@@ -521,4 +534,46 @@ fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     (value >= 0.0).then_some((value * multiplier as f64) as u64)
+}
+
+/// `--secret id=ID[,src=FILE|,env=VAR][,type=file|env]`, as docker buildx takes it (a bare
+/// `id` reads the environment variable of that name, then the file of that name).
+fn read_secret(spec: &str) -> Result<(String, Vec<u8>), String> {
+    let mut id = None;
+    let mut source = None;
+    let mut env = None;
+    let mut kind = None;
+    for field in spec.split(',') {
+        let (key, value) = field
+            .split_once('=')
+            .ok_or_else(|| format!("invalid --secret {spec:?}: expected KEY=VALUE fields"))?;
+        match key {
+            "id" => id = Some(value.to_string()),
+            "src" | "source" => source = Some(value.to_string()),
+            "env" => env = Some(value.to_string()),
+            "type" => kind = Some(value.to_string()),
+            other => {
+                return Err(format!(
+                    "invalid --secret {spec:?}: unknown field {other:?}"
+                ));
+            }
+        }
+    }
+    let id = id
+        .or_else(|| source.clone())
+        .or_else(|| env.clone())
+        .ok_or_else(|| format!("invalid --secret {spec:?}: an id is needed"))?;
+    if kind.as_deref() == Some("env") && env.is_none() {
+        env = source.take().or_else(|| Some(id.clone()));
+    }
+    if let Some(name) = env {
+        return std::env::var(&name)
+            .map(String::into_bytes)
+            .map(|value| (id.clone(), value))
+            .map_err(|_| format!("secret {id}: environment variable {name} is not set"));
+    }
+    let path = source.unwrap_or_else(|| id.clone());
+    std::fs::read(&path)
+        .map(|value| (id.clone(), value))
+        .map_err(|error| format!("secret {id}: reading {path}: {error}"))
 }
