@@ -865,6 +865,12 @@ impl Build<'_> {
                 })
             }
             Instruction::Copy(copy) => {
+                if copy.parents || !copy.excludes.is_empty() {
+                    return Err(BuildError::at(
+                        statement.span,
+                        "COPY --parents and --exclude are not supported yet by kiln",
+                    ));
+                }
                 let sources: Vec<String> = copy
                     .paths
                     .sources
@@ -895,6 +901,12 @@ impl Build<'_> {
                 )
             }
             Instruction::Add(add) => {
+                if !add.excludes.is_empty() || add.checksum.is_some() || add.keep_git_dir {
+                    return Err(BuildError::at(
+                        statement.span,
+                        "ADD --exclude, --checksum and --keep-git-dir are not supported yet by kiln",
+                    ));
+                }
                 let sources: Vec<String> = add
                     .paths
                     .sources

@@ -239,6 +239,18 @@ fn failures_point_at_the_dockerfile_line() {
         "{}",
         stderr(&assert)
     );
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nCOPY --parents a/b /\n",
+    )
+    .unwrap();
+    let assert = build(&dir, &ctx, &[]).failure().code(1);
+    assert!(
+        stderr(&assert)
+            .contains("Dockerfile:2:1: COPY --parents and --exclude are not supported yet"),
+        "{}",
+        stderr(&assert)
+    );
     fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN --bogus true\n").unwrap();
     let assert = build(&dir, &ctx, &[]).failure().code(1);
     assert!(
