@@ -233,6 +233,11 @@ fn sha(parts: &[&[u8]]) -> Digest {
     Digest::from_bytes(hasher.finalize().into())
 }
 
+/// The key of a state that is a stored image: its manifest digest.
+fn image_key(manifest: &Digest) -> Digest {
+    sha(&[b"image", manifest.to_string().as_bytes()])
+}
+
 fn rfc3339(seconds: i64) -> String {
     chrono::DateTime::from_timestamp(seconds, 0)
         .unwrap_or_default()
@@ -600,7 +605,7 @@ impl Build<'_> {
                 Ok(State {
                     config,
                     layers: record.layers,
-                    key: sha(&[b"image", record.manifest.to_string().as_bytes()]),
+                    key: image_key(&record.manifest),
                     time: self.options.source_date_epoch.map(rfc3339).or(time),
                 })
             }
@@ -684,26 +689,32 @@ impl Build<'_> {
                         serde_json::to_string(&args)?.as_bytes(),
                     ]);
                 }
-                Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => {
-                    let step = self.next_step();
-                    self.progress.event(Event::Started { step, name: label });
-                    let started = Instant::now();
-                    let result = self.fs_step(
-                        &mut store, stages, results, &state, &args, statement, step, no_cache,
-                    );
-                    match result {
-                        Ok(next) => {
-                            state = next;
-                            self.progress.event(Event::Done {
-                                step,
-                                elapsed: started.elapsed(),
-                            });
-                        }
-                        Err(error) => {
-                            self.progress.event(Event::Failed { step });
-                            return Err(error);
-                        }
-                    }
+                Instruction::Run(run) => {
+                    state = self.timed(label, |step| {
+                        let op = FsOp::Run(run);
+                        self.fs_step(
+                            &mut store, stages, results, &state, &args, statement, op, step,
+                            no_cache,
+                        )
+                    })?;
+                }
+                Instruction::Copy(copy) => {
+                    state = self.timed(label, |step| {
+                        let op = FsOp::Copy(copy);
+                        self.fs_step(
+                            &mut store, stages, results, &state, &args, statement, op, step,
+                            no_cache,
+                        )
+                    })?;
+                }
+                Instruction::Add(add) => {
+                    state = self.timed(label, |step| {
+                        let op = FsOp::Add(add);
+                        self.fs_step(
+                            &mut store, stages, results, &state, &args, statement, op, step,
+                            no_cache,
+                        )
+                    })?;
                 }
                 Instruction::Maintainer(author) => {
                     let mut next = state.clone();
@@ -728,23 +739,19 @@ impl Build<'_> {
                     let mut next = state.clone();
                     apply_with_args(&mut next.config.config, statement, self.escape, &args)
                         .map_err(|error| config_error(statement, error))?;
-                    self.config_history(&mut next, statement);
                     next.key = sha(&[
                         state.key.as_bytes(),
                         b"config",
                         &image::canonical_json(&next.config.config)?,
                     ]);
-                    let workdir_changed = matches!(statement.instruction, Instruction::Workdir(_));
-                    state = next;
-                    if workdir_changed {
-                        let step = self.next_step();
-                        self.progress.event(Event::Started { step, name: label });
-                        let started = Instant::now();
-                        state = self.workdir_step(&mut store, &state, statement, step, no_cache)?;
-                        self.progress.event(Event::Done {
-                            step,
-                            elapsed: started.elapsed(),
-                        });
+                    if matches!(statement.instruction, Instruction::Workdir(_)) {
+                        // Its history entry comes with the directory it may create.
+                        state = self.timed(label, |step| {
+                            self.workdir_step(&mut store, &next, statement, step, no_cache)
+                        })?;
+                    } else {
+                        self.config_history(&mut next, statement);
+                        state = next;
                     }
                 }
             }
@@ -772,14 +779,34 @@ impl Build<'_> {
         env
     }
 
+    /// Runs one numbered step, reporting its start, end or failure.
+    fn timed(
+        &self,
+        name: String,
+        work: impl FnOnce(usize) -> Result<State, BuildError>,
+    ) -> Result<State, BuildError> {
+        let step = self.next_step();
+        self.progress.event(Event::Started { step, name });
+        let started = Instant::now();
+        match work(step) {
+            Ok(state) => {
+                self.progress.event(Event::Done {
+                    step,
+                    elapsed: started.elapsed(),
+                });
+                Ok(state)
+            }
+            Err(error) => {
+                self.progress.event(Event::Failed { step });
+                Err(error)
+            }
+        }
+    }
+
     fn config_history(&self, state: &mut State, statement: &Statement) {
         state.config.history.push(History {
             created: state.time.clone(),
-            created_by: Some(format!(
-                "{} {}",
-                statement.keyword.text.to_ascii_uppercase(),
-                statement.original.trim()
-            )),
+            created_by: Some(instruction_text(statement)),
             comment: Some("buildkit.dockerfile.v0".to_string()),
             empty_layer: true,
             ..History::default()
@@ -803,6 +830,7 @@ impl Build<'_> {
         state: &State,
         args: &BTreeMap<String, String>,
         statement: &Statement,
+        op: FsOp<'_>,
         step: usize,
         no_cache: bool,
     ) -> Result<State, BuildError> {
@@ -814,8 +842,8 @@ impl Build<'_> {
                 .map_err(|error| BuildError::at(word.span, error))?
                 .value)
         };
-        match &statement.instruction {
-            Instruction::Run(run) => {
+        match op {
+            FsOp::Run(run) => {
                 let process_env = self.run_env(state, args);
                 let argv = self.run_argv(state, run, statement)?;
                 let network = match run.network {
@@ -826,7 +854,7 @@ impl Build<'_> {
                         BuildNetwork::None => "none",
                     },
                 };
-                let mounts = self.run_mounts(store, state, &env, run, statement)?;
+                let mounts = self.run_mounts(store, state, &env, run)?;
                 let mut process_env = process_env;
                 let key_env: Vec<String> = process_env
                     .iter()
@@ -864,7 +892,7 @@ impl Build<'_> {
                     )
                 })
             }
-            Instruction::Copy(copy) => {
+            FsOp::Copy(copy) => {
                 if copy.parents || !copy.excludes.is_empty() {
                     return Err(BuildError::at(
                         statement.span,
@@ -900,7 +928,7 @@ impl Build<'_> {
                     },
                 )
             }
-            Instruction::Add(add) => {
+            FsOp::Add(add) => {
                 if !add.excludes.is_empty() || add.checksum.is_some() || add.keep_git_dir {
                     return Err(BuildError::at(
                         statement.span,
@@ -946,23 +974,6 @@ impl Build<'_> {
                     },
                 )
             }
-            Instruction::From(_)
-            | Instruction::Cmd(_)
-            | Instruction::Label(_)
-            | Instruction::Maintainer(_)
-            | Instruction::Expose(_)
-            | Instruction::Env(_)
-            | Instruction::Entrypoint(_)
-            | Instruction::Volume(_)
-            | Instruction::User(_)
-            | Instruction::Workdir(_)
-            | Instruction::Arg(_)
-            | Instruction::Onbuild(_)
-            | Instruction::Stopsignal(_)
-            | Instruction::Healthcheck(_)
-            | Instruction::Shell(_) => {
-                Err(BuildError::at(statement.span, "not a file-system step"))
-            }
         }
     }
 
@@ -974,7 +985,6 @@ impl Build<'_> {
         state: &State,
         env: &BTreeMap<String, String>,
         run: &kiln_parser::ast::Run,
-        statement: &Statement,
     ) -> Result<RunMounts, BuildError> {
         use kiln_parser::ast::MountKind;
         let lexer = Lexer::new(self.escape);
@@ -1078,9 +1088,11 @@ impl Build<'_> {
                         .ok_or_else(|| BuildError::at(span, "a tmpfs mount needs a target"))?;
                     let size = match expand(&mount.size)? {
                         None => None,
-                        Some(text) => Some(parse_bytes(&text).ok_or_else(|| {
-                            BuildError::at(span, format!("invalid tmpfs size {text:?}"))
-                        })?),
+                        Some(text) => {
+                            Some(kiln_cache::units::ram_in_bytes(&text).ok_or_else(|| {
+                                BuildError::at(span, format!("invalid tmpfs size {text:?}"))
+                            })?)
+                        }
                     };
                     mounts
                         .definition
@@ -1186,7 +1198,6 @@ impl Build<'_> {
                 }
             }
         }
-        let _ = statement;
         Ok(mounts)
     }
 
@@ -1238,15 +1249,13 @@ impl Build<'_> {
                             "RUN with a #! heredoc script is not supported yet by kiln",
                         ));
                     }
-                    let mut argv = command_vector(
+                    return Ok(command_vector(
                         config,
                         &CommandLine::Shell(kiln_parser::ast::Word {
                             text: heredoc.content.clone(),
                             span: text.span,
                         }),
-                    );
-                    argv.truncate(argv.len());
-                    return Ok(argv);
+                    ));
                 }
                 let mut full = text.text.clone();
                 for heredoc in &run.heredocs {
@@ -1508,6 +1517,8 @@ impl Build<'_> {
         }
     }
 
+    /// WORKDIR after its config change: creates the directory when the image lacks it (a
+    /// cached file-system step) and records the instruction in history either way.
     fn workdir_step(
         &self,
         store: &mut Store,
@@ -1524,40 +1535,26 @@ impl Build<'_> {
             .unwrap_or_else(|| "/".to_string());
         let (_view, lower) = image_view(store, &state.layers)?;
         // An existing directory needs no layer.
-        if state.layers.is_empty() && path == "/" {
-            return Ok(state.clone());
-        }
-        if !state.layers.is_empty() && matches!(lower.kind(&path), Ok(PathKind::Directory)) {
-            self.progress.event(Event::Cached { step });
-            return Ok(state.clone());
+        if path == "/" || matches!(lower.kind(&path), Ok(PathKind::Directory)) {
+            if !state.layers.is_empty() {
+                self.progress.event(Event::Cached { step });
+            }
+            let mut next = state.clone();
+            self.config_history(&mut next, statement);
+            return Ok(next);
         }
         let step_def = FsStep {
             statement,
-            created_by: format!("WORKDIR {path} # buildkit"),
+            created_by: instruction_text(statement),
             definition: serde_json::json!({"op": "mkdir", "path": path}),
             inputs: BTreeMap::new(),
         };
         let mtime = self.options.source_date_epoch.unwrap_or(0).max(0) as u64;
-        let mut next = self.cached_or(store, state, step_def, step, no_cache, |store, work| {
-            let fs = ContainerFs::new(
-                work.join("upper"),
-                state
-                    .layers
-                    .iter()
-                    .map(|layer| store.snapshot_path(&layer.chain_id))
-                    .collect(),
-            );
+        self.cached_or(store, state, step_def, step, no_cache, |store, work| {
+            let fs = ContainerFs::over_layers(store, work.join("upper"), &state.layers);
             fs.make_dirs(&path, 0, 0, mtime)
                 .map_err(|error| BuildError::at(statement.span, error))
-        })?;
-        // WORKDIR's history entry is the config one already pushed; drop the step's own.
-        if next.config.history.len() >= 2 {
-            next.config.history.pop();
-            if let Some(last) = next.config.history.last_mut() {
-                last.empty_layer = next.layers.len() == state.layers.len();
-            }
-        }
-        Ok(next)
+        })
     }
 }
 
@@ -1575,13 +1572,7 @@ fn image_view(
             path: tmp.clone(),
             source,
         })?;
-    let fs = ContainerFs::new(
-        empty.path(),
-        layers
-            .iter()
-            .map(|layer| store.snapshot_path(&layer.chain_id))
-            .collect(),
-    );
+    let fs = ContainerFs::over_layers(store, empty.path(), layers);
     Ok((empty, fs))
 }
 
@@ -1633,6 +1624,23 @@ struct CopyRequest<'a> {
     from: Option<String>,
     /// ADD: unpack local archives.
     add: bool,
+}
+
+/// An instruction as history records it: `WORKDIR /app`.
+fn instruction_text(statement: &Statement) -> String {
+    format!(
+        "{} {}",
+        statement.keyword.text.to_ascii_uppercase(),
+        statement.original.trim()
+    )
+}
+
+/// The instructions that change files.
+#[derive(Debug, Clone, Copy)]
+enum FsOp<'s> {
+    Run(&'s kiln_parser::ast::Run),
+    Copy(&'s kiln_parser::ast::Copy),
+    Add(&'s kiln_parser::ast::Add),
 }
 
 fn stage_reference(planned: &[PlannedStage<'_>], name: &str) -> Option<usize> {
@@ -1944,14 +1952,7 @@ impl Build<'_> {
         let mtime = clamp.unwrap_or(0).max(0) as u64;
         let context = &self.options.context;
         self.cached_or(store, state, step_def, step, no_cache, |store, work| {
-            let fs = ContainerFs::new(
-                work.join("upper"),
-                state
-                    .layers
-                    .iter()
-                    .map(|layer| store.snapshot_path(&layer.chain_id))
-                    .collect(),
-            );
+            let fs = ContainerFs::over_layers(store, work.join("upper"), &state.layers);
             let at = |error: ChangesError| BuildError::at(span, error);
             let existing_dir = matches!(fs.kind(&destination).map_err(at)?, PathKind::Directory);
             let into_dir = dest_is_dir_syntax || several || existing_dir;
@@ -2149,32 +2150,11 @@ impl Build<'_> {
                 exit_code: None,
             })?;
             let record = store.image(&id)?;
-            (
-                record.layers,
-                sha(&[b"image", record.manifest.to_string().as_bytes()]),
-            )
+            (record.layers, image_key(&record.manifest))
         };
         let (view, fs) = image_view(store, &layers)?;
         Ok((view, fs, key))
     }
-}
-
-/// A size such as `64m`, `1g`, `4096` (powers of 1024).
-fn parse_bytes(text: &str) -> Option<u64> {
-    let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let value: u64 = number.parse().ok()?;
-    let multiplier: u64 = match unit.trim_end_matches('b') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => return None,
-    };
-    value.checked_mul(multiplier)
 }
 
 /// `/a/b/c` → (`/a/b`, `c`).

@@ -18,7 +18,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kiln_cache::digest::Digest;
+use kiln_cache::digest::{Digest, DigestWriter};
 use sha2::{Digest as _, Sha256};
 
 use crate::ignore::Matcher;
@@ -307,16 +307,9 @@ impl Context {
             return Ok(*digest);
         }
         let mut file = fs::File::open(path).map_err(io_at(path))?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0; 256 * 1024];
-        loop {
-            let read = file.read(&mut buffer).map_err(io_at(path))?;
-            if read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..read]);
-        }
-        let digest = Digest::from_bytes(hasher.finalize().into());
+        let mut hasher = DigestWriter::new(io::sink());
+        io::copy(&mut file, &mut hasher).map_err(io_at(path))?;
+        let (digest, _, _) = hasher.finish();
         if let Ok(mut hashes) = self.hashes.lock() {
             hashes.insert(inode, (stamp, digest));
         }

@@ -208,16 +208,28 @@ impl ContainerFs {
         }
     }
 
-    /// The file system of a stored container: its upper dir over its image's snapshots.
-    pub fn of(store: &Store, container: &ContainerRecord) -> Result<ContainerFs, ChangesError> {
-        let image = store.image(&container.image)?;
-        Ok(ContainerFs::new(
-            store.container_dir(&container.id).join("upper"),
-            image
-                .layers
+    /// `upper` over the snapshots of `layers` (an image's layers, bottom-most first).
+    pub fn over_layers(
+        store: &Store,
+        upper: impl Into<PathBuf>,
+        layers: &[LayerRecord],
+    ) -> ContainerFs {
+        ContainerFs::new(
+            upper,
+            layers
                 .iter()
                 .map(|layer| store.snapshot_path(&layer.chain_id))
                 .collect(),
+        )
+    }
+
+    /// The file system of a stored container: its upper dir over its image's snapshots.
+    pub fn of(store: &Store, container: &ContainerRecord) -> Result<ContainerFs, ChangesError> {
+        let image = store.image(&container.image)?;
+        Ok(ContainerFs::over_layers(
+            store,
+            store.container_dir(&container.id).join("upper"),
+            &image.layers,
         ))
     }
 
@@ -1674,13 +1686,7 @@ pub fn layer_from_upper(
     upper: &Path,
     options: &WriteOptions,
 ) -> Result<Option<LayerRecord>, ChangesError> {
-    let fs = ContainerFs::new(
-        upper,
-        parents
-            .iter()
-            .map(|layer| store.snapshot_path(&layer.chain_id))
-            .collect(),
-    );
+    let fs = ContainerFs::over_layers(store, upper, parents);
     let changes = fs.changes()?;
     let tmp = store.layout().tmp();
     let mut spool = tempfile::tempfile_in(&tmp).map_err(|source| ChangesError::Host {

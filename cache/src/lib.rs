@@ -15,4 +15,5 @@ pub mod layer;
 pub mod layout;
 pub mod reference;
 pub mod store;
+pub mod units;
 pub mod volume;

@@ -472,7 +472,9 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountPoint, MountSpecError> {
                 });
             }
             "tmpfs-size" => {
-                tmpfs_size = Some(ram_in_bytes(&value).ok_or_else(|| bad_value(&key, &value))?);
+                tmpfs_size = Some(
+                    crate::units::ram_in_bytes(&value).ok_or_else(|| bad_value(&key, &value))?,
+                );
             }
             "tmpfs-mode" => {
                 tmpfs_mode = Some(
@@ -568,29 +570,6 @@ pub fn parse_mount_flag(spec: &str) -> Result<MountPoint, MountSpecError> {
         }
     }
     Ok(mount)
-}
-
-/// Docker's `units.RAMInBytes`: `512`, `64k`, `32m`, `1g`, `1.5g` (binary units, either case,
-/// optional `b`/`ib`).
-fn ram_in_bytes(text: &str) -> Option<u64> {
-    let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let unit = unit.trim_end_matches("ib").trim_end_matches('b');
-    let multiplier = match unit {
-        "" => 1u64,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        "p" => 1 << 50,
-        _ => return None,
-    };
-    let bytes = value * multiplier as f64;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Parses `--tmpfs /path[:options]`. The options are kept as given; the runtime validates

@@ -31,8 +31,7 @@ use std::process::{Child, Command};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::{CloneFlags, setns};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
-use nix::sys::wait::waitpid;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::unistd::{ForkResult, getppid, pipe2, setsid};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -438,23 +437,7 @@ fn start_and_wait(
     drop(error_write);
     drop(target);
 
-    let mut bytes = Vec::new();
-    if let Err(error) = std::fs::File::from(error_read).read_to_end(&mut bytes) {
-        let _ = kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        return Err(ContainerError::setup(
-            "reading the setup error pipe",
-            &error,
-        ));
-    }
-    if !bytes.is_empty() {
-        let _ = waitpid(child, None);
-        return Err(
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| ContainerError::Panic {
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            }),
-        );
-    }
+    crate::init::await_setup(child, error_read)?;
     // A failed write means the caller is gone (`exec -d`, or killed): go on reaping.
     let _ = serde_json::to_writer(&mut *report_pipe, &Report::Started(child.as_raw()))
         .map_err(std::io::Error::from)

@@ -224,6 +224,17 @@ fn start_and_wait(
     }
 
     // End of file without a message: the container's command was executed.
+    await_setup(child, error_read)?;
+    // A failed write means the caller is gone; the parent-death signal follows.
+    let _ = serde_json::to_writer(&mut *report_pipe, &Report::Started(child.as_raw()))
+        .map_err(std::io::Error::from)
+        .and_then(|()| report_pipe.flush());
+    wait_forwarding(child, &waited)
+}
+
+/// Waits for the setup of `child` to end: end of file on `error_read` (close-on-exec) means
+/// its command was executed; a message is its setup error, and the child is reaped.
+pub(crate) fn await_setup(child: Pid, error_read: OwnedFd) -> Result<(), ContainerError> {
     let mut bytes = Vec::new();
     if let Err(error) = std::fs::File::from(error_read).read_to_end(&mut bytes) {
         let _ = kill(child, Signal::SIGKILL);
@@ -241,11 +252,7 @@ fn start_and_wait(
             }),
         );
     }
-    // A failed write means the caller is gone; the parent-death signal follows.
-    let _ = serde_json::to_writer(&mut *report_pipe, &Report::Started(child.as_raw()))
-        .map_err(std::io::Error::from)
-        .and_then(|()| report_pipe.flush());
-    wait_forwarding(child, &waited)
+    Ok(())
 }
 
 pub(crate) fn wait_forwarding(child: Pid, waited: &SigSet) -> Result<Exit, ContainerError> {

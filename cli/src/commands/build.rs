@@ -433,7 +433,7 @@ pub fn builder(global: &Global, command: BuilderCommand) -> Exit {
         BuilderCommand::Prune(args) => {
             let mut options = PruneOptions::default();
             if let Some(size) = &args.keep_storage {
-                match parse_size(size) {
+                match kiln_cache::units::ram_in_bytes(size) {
                     Some(bytes) => options.keep_storage = Some(bytes),
                     None => return output::error(format!("invalid --keep-storage {size:?}")),
                 }
@@ -514,26 +514,6 @@ fn parse_duration(text: &str) -> Option<Duration> {
         any = true;
     }
     (number.is_empty() && any).then(|| Duration::from_secs_f64(total))
-}
-
-/// A size as `--keep-storage` takes it: bytes, or with a unit `b`, `k`/`kb`, `m`/`mb`,
-/// `g`/`gb`, `t`/`tb` (powers of 1024, as Docker's `units.RAMInBytes`).
-fn parse_size(text: &str) -> Option<u64> {
-    let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let multiplier: u64 = match unit.trim_end_matches('b').trim_end_matches('i') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return None,
-    };
-    (value >= 0.0).then_some((value * multiplier as f64) as u64)
 }
 
 /// `--secret id=ID[,src=FILE|,env=VAR][,type=file|env]`, as docker buildx takes it (a bare

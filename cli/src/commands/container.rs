@@ -462,26 +462,12 @@ fn limits(args: &RunArgs) -> Result<(Resources, Vec<Ulimit>, Seccomp, bool), Str
 /// Docker's `RAMInBytes`: `512`, `64k`, `32m`, `1g` (binary units, case-insensitive, optional
 /// `b`); `-1` is kept (unlimited swap).
 fn ram_in_bytes(text: &str) -> Result<i64, String> {
-    let invalid = || format!("invalid size: '{text}'");
     if text == "-1" {
         return Ok(-1);
     }
-    let lower = text.trim().to_ascii_lowercase();
-    let number_end = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(number_end);
-    let value: f64 = number.parse().map_err(|_| invalid())?;
-    let multiplier: f64 = match unit.trim_end_matches('b') {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        "t" => 1024.0_f64.powi(4),
-        "p" => 1024.0_f64.powi(5),
-        _ => return Err(invalid()),
-    };
-    Ok((value * multiplier) as i64)
+    kiln_cache::units::ram_in_bytes(text)
+        .and_then(|bytes| i64::try_from(bytes).ok())
+        .ok_or_else(|| format!("invalid size: '{text}'"))
 }
 
 /// The image config's `VOLUME`s (each gets an anonymous volume unless mounted otherwise).
