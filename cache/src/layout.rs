@@ -3,7 +3,8 @@
 //! ```text
 //! ROOT/
 //!   store-version            "1": the layout version below; a newer one is refused
-//!   metadata.db              SQLite (WAL mode): images, tags, snapshots, GC references
+//!   metadata.db              SQLite (WAL mode): images, tags, snapshots, containers, build-cache
+//!                            records (see `buildcache`), GC references
 //!   blobs/sha256/<hex>       content by digest: layers, configs, manifests (immutable)
 //!   snapshots/<chain-hex>/   one unpacked layer each, keyed by chain ID; `fs/` is the tree used
 //!                            as an overlayfs lowerdir, `complete` is written last
@@ -15,6 +16,9 @@
 //!                            absent; removal renames to `volumes/.removing-*` first
 //!   volumes/.lock            flock: shared while `run` creates volumes and records its
 //!                            container, exclusive while volumes are checked unused and removed
+//!   cache-mounts/<hex>/      `RUN --mount=type=cache` directories, by sha256 of the mount id;
+//!                            created as `cache-mounts/new-*` and renamed; `<hex>.lock` is the
+//!                            flock of `sharing=locked`; never part of an image
 //!   tmp/                     temporary files, on the same file system so renames are atomic
 //! ```
 //!
