@@ -32,7 +32,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -44,6 +44,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use tar::{EntryType, Header};
 
+use crate::blob::BlobWriter;
 use crate::container::ContainerRecord;
 use crate::digest::{Digest, DigestWriter};
 use crate::image::{self, ContainerConfig, Descriptor, History, ImageConfig, Manifest};
@@ -563,6 +564,37 @@ impl ContainerFs {
     }
 
     /// The target of the symlink at `path` (parents resolved inside the view), if it is one.
+    /// The names in the directory `path` of the view (resolved inside the view, symlinks
+    /// followed), sorted, as a reader of the merged file system sees them: whiteouts and what
+    /// they hide are left out. Fails with [`ChangesError::NotFound`] or
+    /// [`ChangesError::NotADirectory`].
+    pub fn read_dir(&self, path: &str) -> Result<Vec<OsString>, ChangesError> {
+        let resolved = resolve(self.root()?, path.as_bytes(), true, path)?;
+        let Some(found) = resolved.found else {
+            return Err(ChangesError::NotFound(path.to_string()));
+        };
+        let Some(layers) = &found.directory else {
+            return Err(ChangesError::NotADirectory(path.to_string()));
+        };
+        let read_error = |source| ChangesError::Read {
+            path: path.to_string(),
+            source,
+        };
+        let mut names = Vec::new();
+        for child in merged_names(layers).map_err(read_error)? {
+            if child
+                .as_bytes()
+                .starts_with(layer::WHITEOUT_PREFIX.as_bytes())
+            {
+                continue;
+            }
+            if lookup(layers, &child).map_err(read_error)?.is_some() {
+                names.push(child);
+            }
+        }
+        Ok(names)
+    }
+
     fn link_target(&self, path: &str) -> Result<Option<Vec<u8>>, ChangesError> {
         let resolved = match resolve(self.root()?, path.as_bytes(), false, path) {
             Ok(resolved) => resolved,
@@ -1595,21 +1627,82 @@ pub fn image_config(store: &Store, image: &Digest) -> Result<ImageConfig, Change
 }
 
 /// Writes both to a spool file and to the hashing compressor of the layer blob.
-struct Tee<'a, W> {
-    spool: &'a mut File,
-    blob: W,
+/// Where [`layer_from_upper`] writes the layer tar.
+enum LayerSink {
+    /// An uncompressed layer: the blob is the tar, and its digest the diff ID.
+    Plain(BlobWriter),
+    /// A compressed layer: the tar is hashed (diff ID) on its way to the compressor.
+    Compressed(Box<DigestWriter<layer::Compressor<BlobWriter>>>),
 }
 
-impl<W: Write> Write for Tee<'_, W> {
+impl Write for LayerSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.spool.write_all(buf)?;
-        self.blob.write_all(buf)?;
+        match self {
+            LayerSink::Plain(blob) => blob.write(buf),
+            LayerSink::Compressed(blob) => blob.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            LayerSink::Plain(blob) => blob.flush(),
+            LayerSink::Compressed(blob) => blob.flush(),
+        }
+    }
+}
+
+/// Size of the chunks [`SnapshotTee`] hands to the snapshot applier.
+const TEE_CHUNK: usize = 1 << 20;
+
+/// Writes to the layer sink and, in chunks, to the thread applying the snapshot. A closed
+/// channel (the applier stopped, its error reported on join) is not an error here.
+struct SnapshotTee<'a> {
+    sink: &'a mut LayerSink,
+    chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buffer: Vec<u8>,
+}
+
+impl Write for SnapshotTee<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sink.write_all(buf)?;
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= TEE_CHUNK {
+            let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(TEE_CHUNK));
+            let _ = self.chunks.send(chunk);
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.spool.flush()?;
-        self.blob.flush()
+        if !self.buffer.is_empty() {
+            let _ = self.chunks.send(std::mem::take(&mut self.buffer));
+        }
+        self.sink.flush()
+    }
+}
+
+/// Reads the chunks a [`SnapshotTee`] sends, until the channel closes.
+struct ChunkReader {
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.position = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let count = buf.len().min(self.current.len() - self.position);
+        buf[..count].copy_from_slice(&self.current[self.position..self.position + count]);
+        self.position += count;
+        Ok(count)
     }
 }
 
@@ -1675,11 +1768,13 @@ fn filter_layer(
 /// runtime's own mount targets, see [`Changes::omitted`], which are never part of the layer).
 ///
 /// The layer is the upper dir as [`layer::write_layer`] writes it (whiteouts and opaque
-/// directories as `.wh.` entries, mtimes clamped to `options.source_date_epoch`), written once,
-/// uncompressed, to a spool file in the store's `tmp/` while being hashed (diff ID) and
-/// compressed into its blob, then applied from the spool into a new snapshot (overlay
-/// whiteouts). The caller holds the store's ingest lock ([`Store::ingest`]) until the metadata
-/// that references the layer is recorded.
+/// directories as `.wh.` entries, mtimes clamped to `options.source_date_epoch`), produced once
+/// and streamed both into its blob (hashed: the diff ID; compressed per `options`) and, on
+/// another thread, into a new snapshot (overlay whiteouts), so the snapshot holds exactly the
+/// blob's content. `kiln build` stores layers uncompressed (`Compression::None`: the blob is the
+/// tar and is hashed once); compression happens when an image leaves the store. The caller
+/// holds the store's ingest lock ([`Store::ingest`]) until the metadata that references the
+/// layer is recorded.
 pub fn layer_from_upper(
     store: &Store,
     parents: &[LayerRecord],
@@ -1688,22 +1783,22 @@ pub fn layer_from_upper(
 ) -> Result<Option<LayerRecord>, ChangesError> {
     let fs = ContainerFs::over_layers(store, upper, parents);
     let changes = fs.changes()?;
-    let tmp = store.layout().tmp();
-    let mut spool = tempfile::tempfile_in(&tmp).map_err(|source| ChangesError::Host {
-        path: tmp.clone(),
-        source,
-    })?;
     let blob = store.blobs().writer().map_err(StoreError::from)?;
-    let compressor =
-        layer::Compressor::new(options.compression, blob).map_err(LayerError::Output)?;
-    let mut tee = Tee {
-        spool: &mut spool,
-        blob: DigestWriter::new(compressor),
+    let mut sink = if options.compression == Compression::None {
+        LayerSink::Plain(blob)
+    } else {
+        let compressor =
+            layer::Compressor::new(options.compression, blob).map_err(LayerError::Output)?;
+        LayerSink::Compressed(Box::new(DigestWriter::new(compressor)))
     };
+    // The snapshot is applied while the blob is written, from the same bytes, on its own
+    // thread: a new layer is almost always a new snapshot, and if not the copy is dropped.
+    let prepared = store.prepare_snapshot()?;
+    let snapshot_root = prepared.path().join("fs");
     let (reader, writer) = io::pipe().map_err(ChangesError::Output)?;
     let upper = fs.upper();
     let source_date_epoch = options.source_date_epoch;
-    let kept = std::thread::scope(|scope| {
+    let (kept, stats) = std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             layer::write_layer(
                 LayerSource::OverlayUpper(upper),
@@ -1714,8 +1809,33 @@ pub fn layer_from_upper(
                 },
             )
         });
+        let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        let applier = scope.spawn(move || {
+            let mut input = ChunkReader {
+                chunks: received,
+                current: Vec::new(),
+                position: 0,
+            };
+            let applied = layer::apply_layer(
+                &snapshot_root,
+                &mut input,
+                &ApplyOptions::new(Whiteouts::Overlay),
+            );
+            // Drain so that the sender never blocks on a reader that stopped at the end marker.
+            while input.chunks.recv().is_ok() {}
+            applied
+        });
         let mut reader = reader;
-        let mut filtered = filter_layer(&mut reader, &changes.omitted, &mut tee);
+        let mut filtered = {
+            let mut tee = SnapshotTee {
+                sink: &mut sink,
+                chunks,
+                buffer: Vec::with_capacity(TEE_CHUNK),
+            };
+            let filtered = filter_layer(&mut reader, &changes.omitted, &mut tee);
+            // Sends the last chunk; dropping the tee closes the channel.
+            filtered.and_then(|kept| tee.flush().map(|()| kept).map_err(ChangesError::Output))
+        };
         // The tar reader stops at the first end-of-archive block; let the writer finish.
         if filtered.is_ok()
             && let Err(error) = io::copy(&mut reader, &mut io::sink())
@@ -1728,16 +1848,30 @@ pub fn layer_from_upper(
                 "layer writer panicked",
             )))
         });
+        let applied = applier.join().unwrap_or_else(|_| {
+            Err(LayerError::Output(io::Error::other(
+                "layer applier panicked",
+            )))
+        });
         produced?;
-        filtered
+        let kept = filtered?;
+        Ok::<_, ChangesError>((kept, applied?))
     })?;
-    let Tee { blob, .. } = tee;
-    let (diff_id, _, compressor) = blob.finish();
-    let stored = compressor
-        .finish()
-        .map_err(LayerError::Output)?
-        .commit()
-        .map_err(StoreError::from)?;
+    let (diff_id, stored) = match sink {
+        LayerSink::Plain(blob) => {
+            let stored = blob.commit().map_err(StoreError::from)?;
+            (stored.digest, stored)
+        }
+        LayerSink::Compressed(blob) => {
+            let (diff_id, _, compressor) = (*blob).finish();
+            let stored = compressor
+                .finish()
+                .map_err(LayerError::Output)?
+                .commit()
+                .map_err(StoreError::from)?;
+            (diff_id, stored)
+        }
+    };
     if kept == 0 {
         return Ok(None);
     }
@@ -1747,16 +1881,6 @@ pub fn layer_from_upper(
         None => diff_id,
     };
     if store.snapshot(&chain_id)?.is_none() {
-        spool.rewind().map_err(|source| ChangesError::Host {
-            path: tmp.clone(),
-            source,
-        })?;
-        let prepared = store.prepare_snapshot()?;
-        let stats = layer::apply_layer(
-            &prepared.path().join("fs"),
-            &mut spool,
-            &ApplyOptions::new(Whiteouts::Overlay),
-        )?;
         let record = LayerRecord {
             chain_id,
             diff_id,

@@ -78,6 +78,14 @@ enum Command {
     Save(commands::archive::SaveArgs),
     /// Load an image from a tar archive or STDIN
     Load(commands::archive::LoadArgs),
+    /// Download an image from a registry
+    Pull(commands::registry::PullArgs),
+    /// Upload an image to a registry
+    Push(commands::registry::PushArgs),
+    /// Log in to a registry
+    Login(commands::registry::LoginArgs),
+    /// Log out from a registry
+    Logout(commands::registry::LogoutArgs),
     /// Manage the store
     #[command(subcommand)]
     System(commands::system::Command),
@@ -216,6 +224,10 @@ fn main() -> ExitCode {
             commands::archive::load(global, args)
         }
         Command::Image(ImageCommand::Prune(args)) => commands::image::prune(global, args),
+        Command::Pull(args) => commands::registry::pull(global, args),
+        Command::Push(args) => commands::registry::push(global, args),
+        Command::Login(args) => commands::registry::login(global, args),
+        Command::Logout(args) => commands::registry::logout(global, args),
         Command::System(command) => commands::system::run(global, command),
         Command::Volume(command) => commands::volume::run(global, command),
         Command::Run(args) => commands::container::run(global, *args),

@@ -9,6 +9,7 @@ pub mod container;
 pub mod debug;
 pub mod exec;
 pub mod image;
+pub mod registry;
 pub mod system;
 pub mod version;
 pub mod volume;
@@ -27,6 +28,9 @@ pub struct Global {
     /// $XDG_DATA_HOME/kiln]
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// A registry that may be reached over plain HTTP (repeatable; loopback ones always may)
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
 }
 
 /// Opens the store the options name.

@@ -1,0 +1,323 @@
+//! `kiln pull`, `push`, `login` and `logout` against a real registry (Debian's
+//! `docker-registry`) on a free loopback port; skipped, saying why, when it is not installed.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use common::{busybox_store, kiln};
+use predicates::prelude::*;
+
+const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
+const USER: &str = "kiln";
+const PASSWORD: &str = "kiln-test-password";
+/// bcrypt of [`PASSWORD`] (cost 4), as `htpasswd -B` writes it.
+const PASSWORD_BCRYPT: &str = "$2b$04$AXcrEKWOCe7qPzK8HLZ3ZuKQCgT6jVkp7NmntsirKoMEieYGolYmG";
+
+/// A running `docker-registry serve`, stopped (by its own pid) when dropped.
+struct RegistryServer {
+    child: Child,
+    domain: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RegistryServer {
+    fn start(basic_auth: bool) -> Option<RegistryServer> {
+        if !Path::new(REGISTRY_BINARY).is_file() {
+            eprintln!("skipped: {REGISTRY_BINARY} is missing (apt-get install docker-registry)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if basic_auth {
+            let htpasswd = dir.path().join("htpasswd");
+            fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        fs::write(&config_path, config).unwrap();
+        let child = Process::new(REGISTRY_BINARY)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = RegistryServer {
+            child,
+            domain: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kiln --root DIR/store` with the Docker config in `DIR/docker` (never the user's).
+fn kiln_at(dir: &Path) -> Command {
+    let mut command = Command::cargo_bin("kiln").unwrap();
+    command
+        .arg("--root")
+        .arg(dir.join("store"))
+        .env("DOCKER_CONFIG", dir.join("docker"));
+    command
+}
+
+fn stdout(command: &mut Command) -> String {
+    let output = command.assert().success().get_output().stdout.clone();
+    String::from_utf8(output).unwrap()
+}
+
+/// A store in a new temp dir with a one-file image imported as `name`.
+fn small_image(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    fs::create_dir_all(&rootfs).unwrap();
+    fs::write(rootfs.join("hello"), "hello from kiln\n").unwrap();
+    let tar = Process::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    kiln_at(dir.path())
+        .args(["import", "-", name])
+        .write_stdin(tar.stdout)
+        .assert()
+        .success();
+    dir
+}
+
+#[test]
+fn push_then_pull_into_a_fresh_store_keeps_the_image_and_it_runs() {
+    let Some(server) = RegistryServer::start(false) else {
+        return;
+    };
+    let Some(source) = busybox_store(&["CMD [\"echo\", \"hi\"]"], &[]) else {
+        return;
+    };
+    let name = format!("{}/tools/busybox:1.0", server.domain);
+    kiln(&source)
+        .args(["tag", "busybox", &name])
+        .assert()
+        .success();
+    let id = stdout(kiln(&source).args(["images", "-q", "--no-trunc", &name]));
+
+    let pushed = stdout(kiln(&source).args(["push", &name]));
+    let lines: Vec<&str> = pushed.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "The push refers to repository [{}/tools/busybox]",
+            server.domain
+        )
+    );
+    assert!(lines[1].ends_with(": Preparing"), "{pushed}");
+    assert!(lines[2].ends_with(": Pushed"), "{pushed}");
+    assert!(lines[3].starts_with("1.0: digest: sha256:"), "{pushed}");
+    let digest = lines[3].split_whitespace().nth(2).unwrap().to_string();
+
+    let again = stdout(kiln(&source).args(["push", &name]));
+    assert!(again.contains(": Layer already exists"), "{again}");
+    assert!(again.contains(&digest), "the same digest: {again}");
+
+    let fresh = tempfile::tempdir().unwrap();
+    let pulled = stdout(kiln(&fresh).args(["pull", &name]));
+    let lines: Vec<&str> = pulled.lines().collect();
+    assert_eq!(lines[0], "1.0: Pulling from tools/busybox");
+    assert!(pulled.contains(": Pull complete\n"), "{pulled}");
+    assert!(pulled.contains(&format!("Digest: {digest}\n")), "{pulled}");
+    assert!(
+        pulled.contains(&format!("Status: Downloaded newer image for {name}\n")),
+        "{pulled}"
+    );
+    assert_eq!(lines.last().unwrap(), &name);
+    assert_eq!(
+        stdout(kiln(&fresh).args(["images", "-q", "--no-trunc", &name])),
+        id,
+        "the same image ID"
+    );
+    let digests = stdout(kiln(&fresh).args(["images", "--digests", &name]));
+    assert!(digests.contains(&digest), "{digests}");
+
+    let quiet = stdout(kiln(&fresh).args(["pull", "-q", &name]));
+    assert_eq!(quiet, format!("{name}\n"));
+    let up_to_date = stdout(kiln(&fresh).args(["pull", &name]));
+    assert!(
+        up_to_date.contains(&format!("Status: Image is up to date for {name}")),
+        "{up_to_date}"
+    );
+
+    kiln(&fresh)
+        .args(["run", "--rm", &name])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .stdout("hi\n");
+}
+
+#[test]
+fn an_image_copied_by_skopeo_from_a_kiln_archive_pulls_with_its_id() {
+    let Some(server) = RegistryServer::start(false) else {
+        return;
+    };
+    if !Path::new("/usr/bin/skopeo").is_file() {
+        eprintln!("skipped: skopeo is missing (apt-get install skopeo)");
+        return;
+    }
+    let source = small_image("skopeo-source:latest");
+    let id = stdout(kiln_at(source.path()).args(["images", "-q", "--no-trunc", "skopeo-source"]));
+    let archive = source.path().join("image.tar");
+    kiln_at(source.path())
+        .args(["save", "-o"])
+        .arg(&archive)
+        .arg("skopeo-source")
+        .assert()
+        .success();
+    let copied = Process::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("docker://{}/copied:v2", server.domain))
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let name = format!("{}/copied:v2", server.domain);
+    kiln_at(fresh.path())
+        .args(["pull", "-q", &name])
+        .assert()
+        .success()
+        .stdout(format!("{name}\n"));
+    assert_eq!(
+        stdout(kiln_at(fresh.path()).args(["images", "-q", "--no-trunc", &name])),
+        id
+    );
+}
+
+#[test]
+fn login_stores_docker_credentials_that_push_uses_and_logout_removes_them() {
+    let Some(server) = RegistryServer::start(true) else {
+        return;
+    };
+    let name = format!("{}/private:latest", server.domain);
+    let dir = small_image(&name);
+
+    kiln_at(dir.path())
+        .args(["push", &name])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains(format!(
+            "{}: unauthorized",
+            server.domain
+        )));
+    kiln_at(dir.path())
+        .args(["login", "-u", USER, "--password-stdin", &server.domain])
+        .write_stdin("wrong\n")
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains(format!(
+            "kiln: {}: unauthorized",
+            server.domain
+        )));
+    kiln_at(dir.path())
+        .args(["login", "-u", USER, "--password-stdin", &server.domain])
+        .write_stdin(format!("{PASSWORD}\n"))
+        .assert()
+        .success()
+        .stdout("Login Succeeded\n")
+        .stderr(predicate::str::contains(
+            "Your password will be stored unencrypted",
+        ));
+    let config = fs::read_to_string(dir.path().join("docker/config.json")).unwrap();
+    assert!(config.contains(&server.domain), "{config}");
+    kiln_at(dir.path())
+        .args(["push", "-q", &name])
+        .assert()
+        .success()
+        .stdout(format!("{name}\n"));
+    kiln_at(dir.path())
+        .args(["logout", &server.domain])
+        .assert()
+        .success()
+        .stdout(format!(
+            "Removing login credentials for {}\n",
+            server.domain
+        ));
+    kiln_at(dir.path())
+        .args(["logout", &server.domain])
+        .assert()
+        .success()
+        .stdout(format!("Not logged in to {}\n", server.domain));
+    kiln_at(dir.path())
+        .args(["pull", &name])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("unauthorized"));
+}
+
+#[test]
+fn errors_name_what_is_missing() {
+    let Some(server) = RegistryServer::start(false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    kiln_at(dir.path())
+        .args(["pull", &format!("{}/absent:1", server.domain)])
+        .assert()
+        .code(125)
+        .stderr(format!(
+            "kiln: manifest for {}/absent:1 not found: manifest unknown\n",
+            server.domain
+        ));
+    kiln_at(dir.path())
+        .args(["push", &format!("{}/absent:1", server.domain)])
+        .assert()
+        .code(125)
+        .stderr(format!(
+            "kiln: An image does not exist locally with the tag: {}/absent:1\n",
+            server.domain
+        ));
+    kiln_at(dir.path())
+        .args([
+            "pull",
+            "--platform",
+            "linux/",
+            &format!("{}/absent", server.domain),
+        ])
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("invalid platform"));
+}
