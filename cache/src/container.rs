@@ -553,6 +553,19 @@ impl Store {
         Ok(())
     }
 
+    /// Records the healthcheck verdicts of container `id` (Docker's `State.Health`) in one
+    /// statement that changes nothing else of its state, and only while its state says
+    /// running: a verdict that comes late never overwrites an exit, and changes other
+    /// processes made to the state meanwhile are kept. Returns whether it was recorded.
+    pub fn set_container_health(&self, id: &str, health: &Health) -> Result<bool, StoreError> {
+        let changed = self.db.execute(
+            "UPDATE containers SET state = json_set(state, '$.Health', json(?2))
+             WHERE id = ?1 AND json_extract(state, '$.Status') = 'running'",
+            params![id, to_json(health)],
+        )?;
+        Ok(changed > 0)
+    }
+
     /// The container a user means: a full name, a full ID or an ID prefix (as Docker).
     pub fn container(&self, name_or_id: &str) -> Result<ContainerRecord, StoreError> {
         let name = name_or_id.trim_start_matches('/');
@@ -717,6 +730,54 @@ mod tests {
         );
         assert!(parse("on-failure:x").is_err());
         assert!(parse("sometimes").is_err());
+    }
+
+    #[test]
+    fn health_is_recorded_only_while_running_and_keeps_the_rest_of_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let image: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        // A container of an image that is not stored: only the state matters here.
+        store.db.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        let record = store
+            .create_container(&image, None, ContainerConfig::default(), "now".into())
+            .unwrap();
+        let health = Health {
+            status: HealthStatus::Healthy,
+            failing_streak: 0,
+            log: vec![HealthLog {
+                exit_code: 0,
+                output: "ok\n".into(),
+                ..HealthLog::default()
+            }],
+        };
+        // Not running yet: nothing is recorded.
+        assert!(!store.set_container_health(&record.id, &health).unwrap());
+        let running = ContainerState {
+            status: Status::Running,
+            pid: 42,
+            restart_count: 2,
+            ..ContainerState::default()
+        };
+        store.set_container_state(&record.id, &running).unwrap();
+        assert!(store.set_container_health(&record.id, &health).unwrap());
+        let state = store.container(&record.id).unwrap().state;
+        assert_eq!(
+            state,
+            ContainerState {
+                health: Some(health.clone()),
+                ..running.clone()
+            }
+        );
+        // Once exited, a late verdict does not overwrite the exit.
+        let exited = ContainerState {
+            status: Status::Exited,
+            exit_code: 3,
+            ..running
+        };
+        store.set_container_state(&record.id, &exited).unwrap();
+        assert!(!store.set_container_health(&record.id, &health).unwrap());
+        assert_eq!(store.container(&record.id).unwrap().state, exited);
     }
 
     #[test]

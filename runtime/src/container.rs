@@ -235,8 +235,8 @@ pub(crate) fn lock_down(settings: &LockDown<'_>) -> Result<(), ContainerError> {
     Ok(())
 }
 
-/// Moves this process into the container's cgroup (writing `0` to `cgroup.procs` moves the
-/// writer).
+/// Moves this process into the container's cgroup: writing `0` to a join file moves the
+/// writer (its only thread: see [`crate::cgroup::join_files`]).
 fn join_cgroup(procs_files: &[PathBuf]) -> Result<(), ContainerError> {
     for file in procs_files {
         std::fs::write(file, "0").map_err(|error| {

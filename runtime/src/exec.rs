@@ -22,7 +22,7 @@
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -114,12 +114,17 @@ struct ExecMessage {
     spec: Spec,
     /// The host pid of the container's PID 1, whose namespaces are joined.
     pid: i32,
-    /// `cgroup.procs` files of the container's cgroup, one per hierarchy.
+    /// The files of the container's cgroup, one per hierarchy, that the process writes `0`
+    /// to, to join (`tasks` on v1: see [`crate::cgroup::join_files`]).
     cgroup_procs: Vec<PathBuf>,
     /// The capability mask, resolved by the caller.
     capabilities: u64,
     /// The seccomp filter, compiled by the caller.
     seccomp: Option<crate::seccomp::Compiled>,
+    /// With `spec.tty`: the inherited socket over which the process sends the master of its
+    /// new terminal (same number in the exec parent and its child).
+    #[serde(default)]
+    console_fd: Option<RawFd>,
 }
 
 /// Runs `spec.args` in the running container `spec.container.id` and returns how it ended.
@@ -153,6 +158,16 @@ pub fn exec(
         .wait()
         .map_err(init_error(program, "waiting for the exec process"))?;
     drop(forwarding);
+    final_report(program, report, status)
+}
+
+/// The command's exit from the exec parent's last report (`report`, read after the
+/// [`Report::Started`] one) and its own exit `status`.
+fn final_report(
+    program: &Path,
+    report: Option<Result<Report, serde_json::Error>>,
+    status: std::process::ExitStatus,
+) -> Result<Exit, ExecError> {
     match report {
         Some(Ok(Report::Exited(exit))) => Ok(exit),
         Some(Ok(Report::Failed(error))) => Err(RuntimeError::from(error).into()),
@@ -200,6 +215,302 @@ pub fn exec_detached(
                 .map_err(init_error(program, "waiting for the exec process"))?;
             Err(died(program, status.to_string()))
         }
+    }
+}
+
+/// [`exec`] on a pseudo-terminal (`exec -t`): the command gets a new terminal of the
+/// container's own devpts as its controlling terminal, stdin, stdout and stderr (so stdout
+/// and stderr are merged, as with Docker's `-t`), copied to and from `streams` as
+/// [`crate::pty::run_in_terminal`] does for `run -t`: the input, when it is a terminal, is in
+/// raw mode from just before the command starts until this returns, on every path; the
+/// command's terminal starts with the output's (or input's) size and follows SIGWINCH.
+/// Without input (`-t` without `-i`) the command reads nothing. Returns once the command has
+/// ended and every process holding its terminal has closed it (its output is then all
+/// copied). Errors as [`exec`].
+pub fn exec_in_terminal(
+    spec: &ExecSpec,
+    program: &Path,
+    program_args: &[&str],
+    streams: crate::pty::TerminalStreams,
+) -> Result<Exit, ExecError> {
+    let mut message = prepare(spec, program)?;
+    let mut size_source = crate::pty::size_source(&streams);
+    message.spec.tty = true;
+    message.spec.console_size = size_source
+        .as_ref()
+        .and_then(|fd| crate::pty::window_size(fd.as_fd()));
+    // The process sends its terminal's master through this socket (see `pty`).
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(init_error(program, "creating the terminal socket"))?;
+    let theirs = crate::run::above_stdio(theirs.into())
+        .map_err(init_error(program, "creating the terminal socket"))?;
+    message.console_fd = Some(theirs.as_raw_fd());
+    let raw = streams
+        .input
+        .as_ref()
+        .and_then(|input| crate::pty::RawMode::enable(input.as_fd()).ok());
+    let io = Io {
+        stdin: std::process::Stdio::null(),
+        stdout: std::process::Stdio::null(),
+        stderr: std::process::Stdio::inherit(),
+    };
+    let mut forwarding = Forwarding::install();
+    let (mut child, reports) = spawn(program, program_args, io, &message, true)?;
+    drop(theirs);
+    forwarding.target(child.id());
+    let mut reports = serde_json::Deserializer::from_reader(reports).into_iter::<Report>();
+    let mut report = reports.next();
+    let mut relay = None;
+    let mut pending = Some(streams);
+    if let Some(Ok(Report::Started(_))) = report {
+        // The master was sent before the command was executed, so it is already queued.
+        let master = crate::pty::receive_fd(ours.as_fd()).ok().flatten();
+        if let (Some(master), Some(streams)) = (master, pending.take()) {
+            relay = Some(crate::pty::Relay::start(
+                master,
+                streams,
+                size_source.take(),
+            ));
+        }
+        report = reports.next();
+    }
+    let status = child
+        .wait()
+        .map_err(init_error(program, "waiting for the exec process"))?;
+    drop(forwarding);
+    if let Some(relay) = relay {
+        relay.finish();
+    }
+    drop(raw);
+    final_report(program, report, status)
+}
+
+/// Limits of one [`exec_captured`] run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capture {
+    /// How long the command may run; then it is killed (SIGKILL to it and the processes it
+    /// started in its process group).
+    pub timeout: std::time::Duration,
+    /// At most this many bytes of output are kept; the rest is read and dropped.
+    pub max_output: usize,
+}
+
+/// How a command run by [`exec_captured`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapturedEnd {
+    /// It ended by itself.
+    Exited(Exit),
+    /// It ran past [`Capture::timeout`] and was killed.
+    TimedOut,
+    /// The [`Cancel`] fired while it ran, and it was killed.
+    Cancelled,
+}
+
+/// What [`exec_captured`] returns: how the command ended and its combined output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// How it ended.
+    pub end: CapturedEnd,
+    /// Its stdout and stderr, interleaved as written, at most [`Capture::max_output`] bytes.
+    pub output: Vec<u8>,
+    /// More output came than was kept.
+    pub truncated: bool,
+}
+
+/// A one-way switch shared between threads: once [`Cancel::cancel`] is called, every
+/// [`exec_captured`] run that was given it kills its command and returns, and every
+/// [`Cancel::wait`] returns at once. Cheap to clone; clones share the switch.
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    /// Readable once cancelled: nothing ever reads the byte written to `write`.
+    read: std::sync::Arc<OwnedFd>,
+    write: std::sync::Arc<OwnedFd>,
+}
+
+impl Cancel {
+    /// A switch that is not cancelled yet (a close-on-exec pipe).
+    pub fn new() -> std::io::Result<Cancel> {
+        let (read, write) = crate::run::pipe()?;
+        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok(Cancel {
+            read: std::sync::Arc::new(read),
+            write: std::sync::Arc::new(write),
+        })
+    }
+
+    /// Cancels. Idempotent.
+    pub fn cancel(&self) {
+        // A full pipe (cancelled many times over) is still readable: nothing to do.
+        let _ = nix::unistd::write(self.write.as_fd(), b"c");
+    }
+
+    /// Whether it was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        !self.wait(std::time::Duration::ZERO)
+    }
+
+    /// Sleeps for `duration` or until cancelled; `true` when the time passed without a
+    /// cancel.
+    pub fn wait(&self, duration: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + duration;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut fds = [nix::poll::PollFd::new(
+                self.read.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, poll_timeout(left)) {
+                Ok(0) if left.is_zero() => return true,
+                Ok(0) | Err(Errno::EINTR) => {}
+                Ok(_) | Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A poll timeout of `duration`, rounded up to whole milliseconds (so a wait never ends
+/// early and spins), at most `u16::MAX` ms (callers loop).
+fn poll_timeout(duration: std::time::Duration) -> nix::poll::PollTimeout {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    nix::poll::PollTimeout::from(u16::try_from(millis).unwrap_or(u16::MAX))
+}
+
+/// Runs `spec.args` in the running container with its output captured, within a time limit,
+/// as Docker runs a healthcheck probe: stdin is `/dev/null`, stdout and stderr go to one pipe
+/// of which at most `capture.max_output` bytes are kept. No signal is forwarded to it. When
+/// `capture.timeout` passes, or `cancel` fires, before the command ends, the exec parent and
+/// everything in its process group (the command and what it started, unless they left the
+/// group) get SIGKILL and are reaped before this returns: nothing is left running. If this
+/// process dies, the command dies too (parent-death signals).
+///
+/// Errors as [`exec`]: the command could not be started (not running, paused, not found...).
+pub fn exec_captured(
+    spec: &ExecSpec,
+    program: &Path,
+    program_args: &[&str],
+    capture: Capture,
+    cancel: &Cancel,
+) -> Result<Captured, ExecError> {
+    let deadline = std::time::Instant::now() + capture.timeout;
+    let message = prepare(spec, program)?;
+    let (output_read, output_write) =
+        crate::run::pipe().map_err(init_error(program, "creating a pipe"))?;
+    let stderr = output_write
+        .try_clone()
+        .map_err(init_error(program, "creating a pipe"))?;
+    let io = Io {
+        stdin: std::process::Stdio::null(),
+        stdout: output_write.into(),
+        stderr: stderr.into(),
+    };
+    let (mut child, reports) = spawn(program, program_args, io, &message, true)?;
+    let mut captured = Captured {
+        end: CapturedEnd::TimedOut,
+        output: Vec::new(),
+        truncated: false,
+    };
+    let mut output = Some(std::fs::File::from(output_read));
+    let mut reports = Some(reports);
+    let mut report_bytes = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let keep = |captured: &mut Captured, bytes: &[u8]| {
+        let room = capture.max_output.saturating_sub(captured.output.len());
+        captured
+            .output
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        captured.truncated |= bytes.len() > room;
+    };
+    // Reads output and reports until the report pipe ends (the exec parent exited), the
+    // deadline passes or the cancel fires.
+    let ended = loop {
+        let Some(report_pipe) = &reports else {
+            break None;
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break Some(CapturedEnd::TimedOut);
+        }
+        let mut fds = vec![
+            nix::poll::PollFd::new(report_pipe.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(cancel.read.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
+        if let Some(pipe) = &output {
+            fds.push(nix::poll::PollFd::new(
+                pipe.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+        }
+        match nix::poll::poll(&mut fds, poll_timeout(left)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(errno) => {
+                break Some(CapturedEnd::Exited(Exit::Code(-(errno as i32))));
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
+            .collect();
+        if ready[1] {
+            break Some(CapturedEnd::Cancelled);
+        }
+        if ready.get(2) == Some(&true)
+            && let Some(pipe) = &mut output
+        {
+            match pipe.read(&mut buffer) {
+                Ok(0) | Err(_) => output = None,
+                Ok(count) => keep(&mut captured, &buffer[..count]),
+            }
+        }
+        if ready[0]
+            && let Some(pipe) = &mut reports
+        {
+            match pipe.read(&mut buffer) {
+                Ok(0) | Err(_) => reports = None,
+                Ok(count) => report_bytes.extend_from_slice(&buffer[..count]),
+            }
+        }
+    };
+    if let Some(end) = ended {
+        // Timed out or cancelled (or poll failed): the exec parent is a session leader, so
+        // its process group holds it, the command and the command's children.
+        let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.kill();
+        let _ = child.wait();
+        captured.end = end;
+        drain(output.as_mut(), &mut buffer, |bytes| {
+            keep(&mut captured, bytes)
+        });
+        return Ok(captured);
+    }
+    let status = child
+        .wait()
+        .map_err(init_error(program, "waiting for the exec process"))?;
+    // What the command wrote before it ended is in the pipe; a child it left running may
+    // still hold the pipe open, so read only what is there.
+    drain(output.as_mut(), &mut buffer, |bytes| {
+        keep(&mut captured, bytes)
+    });
+    let mut reports = serde_json::Deserializer::from_slice(&report_bytes).into_iter::<Report>();
+    let mut report = reports.next();
+    if let Some(Ok(Report::Started(_))) = report {
+        report = reports.next();
+    }
+    captured.end = CapturedEnd::Exited(final_report(program, report, status)?);
+    Ok(captured)
+}
+
+/// Reads what is in `pipe` now, without waiting for more.
+fn drain(pipe: Option<&mut std::fs::File>, buffer: &mut [u8], mut keep: impl FnMut(&[u8])) {
+    let Some(pipe) = pipe else { return };
+    if nix::fcntl::fcntl(&*pipe, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).is_err() {
+        return;
+    }
+    while let Ok(count) = pipe.read(buffer) {
+        if count == 0 {
+            return;
+        }
+        keep(&buffer[..count]);
     }
 }
 
@@ -269,20 +580,21 @@ fn prepare(exec: &ExecSpec, program: &Path) -> Result<ExecMessage, ExecError> {
         spec.privileged = true;
         spec.seccomp = Seccomp::Unconfined;
     }
+    // The container's own `-t` is not the exec's: [`exec_in_terminal`] asks for a terminal.
+    spec.tty = false;
+    spec.console_size = None;
     let held =
         crate::caps::held().map_err(init_error(program, "reading kiln's own capabilities"))?;
     let capabilities = crate::caps::resolve(&spec, held)?;
     let seccomp = crate::seccomp::for_spec(&spec, capabilities).map_err(RuntimeError::from)?;
-    let cgroup_procs = crate::cgroup::existing_dirs(id)
-        .into_iter()
-        .map(|dir| dir.join("cgroup.procs"))
-        .collect();
+    let cgroup_procs = crate::cgroup::join_files(&crate::cgroup::existing_dirs(id));
     Ok(ExecMessage {
         spec,
         pid,
         cgroup_procs,
         capabilities,
         seccomp,
+        console_fd: None,
     })
 }
 
@@ -302,6 +614,7 @@ fn spawn(
     let (report_read, report_write) =
         crate::run::pipe().map_err(init_error(program, "creating a pipe"))?;
     let inherited = [message_read.as_raw_fd(), report_write.as_raw_fd()];
+    let console_fd = message.console_fd;
     let mut command = Command::new(program);
     command
         .args(program_args)
@@ -314,7 +627,7 @@ fn spawn(
     // async-signal-safe calls (fcntl, prctl) on integers; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            for fd in inherited {
+            for fd in inherited.into_iter().chain(console_fd) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -436,6 +749,12 @@ fn start_and_wait(
     };
     drop(error_write);
     drop(target);
+    if let Some(fd) = message.console_fd.filter(|fd| *fd > 2) {
+        // SAFETY: the caller made this fd (the process's end of the terminal socket)
+        // inheritable for this process alone and nothing here uses it; the child has its
+        // own copy.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
 
     crate::init::await_setup(child, error_read)?;
     // A failed write means the caller is gone (`exec -d`, or killed): go on reaping.
@@ -475,7 +794,8 @@ struct Target {
     namespaces: Vec<(OwnedFd, CloneFlags)>,
     /// The container's root directory, to check `/` against after joining.
     root: FileId,
-    /// The container's `cgroup.procs` files, open for writing.
+    /// The container's cgroup join files (see [`crate::cgroup::join_files`]), open for
+    /// writing.
     cgroup_procs: Vec<std::fs::File>,
 }
 
@@ -585,7 +905,8 @@ impl Target {
     }
 }
 
-/// Whether `pid` is PID 1 of its PID namespace (`NSpid` ends in 1) and listed in `procs`.
+/// Whether `pid` is PID 1 of its PID namespace (`NSpid` ends in 1) and listed in `procs`
+/// (`cgroup.procs` or `tasks`: a process's main thread has its pid as thread id).
 fn is_container_pid1(pid: i32, procs: Option<&PathBuf>) -> bool {
     let pid1 = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -673,6 +994,14 @@ fn enter_and_exec(
     )?;
     nix::unistd::chdir(Path::new(&spec.cwd))
         .map_err(|errno| ContainerError::setup(format!("chdir to cwd ({:?})", spec.cwd), errno))?;
+    if let Some(fd) = message.console_fd.filter(|fd| spec.tty && *fd > 2) {
+        // SAFETY: the exec parent passed this inherited socket on to this process alone and
+        // closed its own copy; nothing else here refers to it.
+        let console = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A terminal of the container's own devpts (the mount namespace is joined), as
+        // `run -t` makes one, owned by the command's user.
+        crate::pty::attach_container_terminal(console, spec.console_size, user.uid)?;
+    }
     lock_down(&LockDown {
         ulimits: &spec.ulimits,
         seccomp: message.seccomp.as_ref(),

@@ -193,6 +193,9 @@ pub(crate) fn run_as_init(
     // Blocked before the fork, so a signal that arrives before the wait loop is not lost.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), Some(&mut previous))
         .map_err(|errno| ContainerError::setup("blocking signals for --init", errno))?;
+    // Before the fork, so the command (which may be `ps`) never sees the old title; the
+    // child's copy of the title is gone with its `execve`.
+    retitle(args);
     // SAFETY: the container's PID 1 is single-threaded (the init checked it before forking
     // it), so the child may run any code.
     match unsafe { fork() } {
@@ -210,10 +213,7 @@ pub(crate) fn run_as_init(
                 .map_err(|errno| ContainerError::setup("unblocking signals", errno))?;
             exec()
         }
-        Ok(ForkResult::Parent { child }) => {
-            retitle(args);
-            reap(child.as_raw(), &forwarded)
-        }
+        Ok(ForkResult::Parent { child }) => reap(child.as_raw(), &forwarded),
     }
 }
 

@@ -53,7 +53,10 @@ pub use error::{
     ContainerError, EXIT_ENGINE_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, Errno, LimitError,
     RuntimeError, SeccompError,
 };
-pub use exec::{ExecError, ExecSpec, exec, exec_detached, exec_main};
+pub use exec::{
+    Cancel, Capture, Captured, CapturedEnd, ExecError, ExecSpec, exec, exec_captured,
+    exec_detached, exec_in_terminal, exec_main,
+};
 pub use init::init_main;
 pub use run::{Io, Started, run, run_notifying, run_started};
 pub use spec::{

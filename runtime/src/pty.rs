@@ -239,15 +239,7 @@ pub fn run_in_terminal(
 ) -> Result<Outcome, RuntimeError> {
     let mut spec = spec.clone();
     spec.tty = true;
-    let sized = [
-        Some(streams.output.as_fd()),
-        streams.input.as_ref().map(AsFd::as_fd),
-    ];
-    let size_source = sized
-        .into_iter()
-        .flatten()
-        .find(|fd| window_size(*fd).is_some());
-    let mut size_source = size_source.and_then(|fd| fd.try_clone_to_owned().ok());
+    let mut size_source = size_source(&streams);
     if spec.console_size.is_none() {
         spec.console_size = size_source.as_ref().and_then(|fd| window_size(fd.as_fd()));
     }
@@ -274,6 +266,20 @@ pub fn run_in_terminal(
     result
 }
 
+/// The terminal whose size the container's terminal takes and follows: the output's, else
+/// the input's; `None` when neither is a terminal.
+pub(crate) fn size_source(streams: &TerminalStreams) -> Option<OwnedFd> {
+    let sized = [
+        Some(streams.output.as_fd()),
+        streams.input.as_ref().map(AsFd::as_fd),
+    ];
+    sized
+        .into_iter()
+        .flatten()
+        .find(|fd| window_size(*fd).is_some())
+        .and_then(|fd| fd.try_clone_to_owned().ok())
+}
+
 /// Write end of the SIGWINCH self-pipe; -1 when no relay listens.
 static WINCH_PIPE: AtomicI32 = AtomicI32::new(-1);
 static WINCH_HANDLER: OnceLock<()> = OnceLock::new();
@@ -289,7 +295,7 @@ extern "C" fn on_winch(_: libc::c_int) {
 }
 
 /// Copies between the caller's streams and a terminal master on threads; see [`run_in_terminal`].
-struct Relay {
+pub(crate) struct Relay {
     output: JoinHandle<()>,
     others: Vec<JoinHandle<()>>,
     /// Written to stop the input and resize threads; `None` when none was started.
@@ -297,7 +303,11 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(master: OwnedFd, streams: TerminalStreams, size_source: Option<OwnedFd>) -> Relay {
+    pub(crate) fn start(
+        master: OwnedFd,
+        streams: TerminalStreams,
+        size_source: Option<OwnedFd>,
+    ) -> Relay {
         let mut others = Vec::new();
         // Without a stop pipe (fd exhaustion), only the output is copied.
         let stop = nix::unistd::pipe2(OFlag::O_CLOEXEC)
@@ -330,7 +340,7 @@ impl Relay {
 
     /// Waits for the output to be copied (end of file or EIO once the container's last
     /// terminal user is gone), then stops the input and resize threads.
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         let _ = self.output.join();
         if let Some(stop) = &self.stop {
             let _ = nix::unistd::write(stop, b"s");

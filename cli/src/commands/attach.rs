@@ -81,9 +81,12 @@ pub struct SupervisionArgs {
     /// Start period for the container to initialize before counting retries (ms|s|m|h)
     #[arg(long = "health-start-period", value_name = "DURATION")]
     health_start_period: Option<String>,
+    /// Time between running the check during the start period (ms|s|m|h)
+    #[arg(long = "health-start-interval", value_name = "DURATION")]
+    health_start_interval: Option<String>,
     /// Consecutive failures needed to report unhealthy
-    #[arg(long = "health-retries", value_name = "N")]
-    health_retries: Option<u32>,
+    #[arg(long = "health-retries", value_name = "N", allow_hyphen_values = true)]
+    health_retries: Option<i64>,
     /// Disable any container-specified HEALTHCHECK
     #[arg(long = "no-healthcheck")]
     no_healthcheck: bool,
@@ -142,6 +145,7 @@ impl SupervisionArgs {
             || self.health_interval.is_some()
             || self.health_timeout.is_some()
             || self.health_start_period.is_some()
+            || self.health_start_interval.is_some()
             || self.health_retries.is_some();
         if self.no_healthcheck {
             if given {
@@ -156,29 +160,51 @@ impl SupervisionArgs {
         if let Some(command) = &self.health_cmd {
             check.test = vec!["CMD-SHELL".into(), command.clone()];
         }
-        for (flag, text, field) in [
+        for (flag, name, text, field) in [
             (
                 "--health-interval",
+                "Interval",
                 &self.health_interval,
                 &mut check.interval,
             ),
-            ("--health-timeout", &self.health_timeout, &mut check.timeout),
+            (
+                "--health-timeout",
+                "Timeout",
+                &self.health_timeout,
+                &mut check.timeout,
+            ),
             (
                 "--health-start-period",
+                "StartPeriod",
                 &self.health_start_period,
                 &mut check.start_period,
+            ),
+            (
+                "--health-start-interval",
+                "StartInterval",
+                &self.health_start_interval,
+                &mut check.start_interval,
             ),
         ] {
             if let Some(text) = text {
                 let nanos = go_duration(text)
                     .ok_or_else(|| format!("invalid argument {text:?} for \"{flag}\" flag"))?;
+                // The daemon's check against container.MinimumDuration; 0 means "the
+                // image's, else the default".
+                if nanos != 0 && nanos < 1_000_000 {
+                    return Err(format!("{name} in Healthcheck cannot be less than 1ms"));
+                }
                 if nanos != 0 {
                     *field = Some(nanos);
                 }
             }
         }
         if let Some(retries) = self.health_retries {
-            check.retries = Some(retries);
+            let retries = u32::try_from(retries)
+                .map_err(|_| "--health-retries cannot be negative".to_string())?;
+            if retries != 0 {
+                check.retries = Some(retries);
+            }
         }
         Ok((!check.test.is_empty()).then_some(check))
     }

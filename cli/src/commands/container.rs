@@ -590,12 +590,164 @@ pub struct PsArgs {
     /// Show the n last created containers
     #[arg(short = 'n', long)]
     last: Option<usize>,
+    /// Filter output based on conditions provided (id=, name=, label=, status=, exited=,
+    /// ancestor=, health=, before=, since=)
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    filters: Vec<String>,
     /// Format: table, json, or a Go template
     #[arg(long)]
     format: Option<String>,
 }
 
+/// `ps --filter` conditions, as Docker's daemon applies them (`daemon/list.go`): values of one
+/// key are alternatives, different keys must all hold.
+#[derive(Debug, Default)]
+struct PsFilter {
+    ids: Vec<String>,
+    names: Vec<String>,
+    labels: Vec<String>,
+    statuses: Vec<String>,
+    exited: Vec<i32>,
+    ancestors: Vec<String>,
+    health: Vec<String>,
+    before: Vec<String>,
+    since: Vec<String>,
+}
+
+/// Docker's container states for `status=`.
+const FILTER_STATUSES: [&str; 7] = [
+    "created",
+    "restarting",
+    "running",
+    "removing",
+    "paused",
+    "exited",
+    "dead",
+];
+
+impl PsFilter {
+    /// Parses `KEY=VALUE` filters; Docker's errors for unknown keys and bad values.
+    fn parse(filters: &[String]) -> Result<PsFilter, String> {
+        let mut filter = PsFilter::default();
+        for text in filters {
+            let Some((key, value)) = text.split_once('=') else {
+                return Err(format!(
+                    "bad format of filter (expected name=value): {text}"
+                ));
+            };
+            let value = value.to_string();
+            match key.to_ascii_lowercase().as_str() {
+                "id" => filter.ids.push(value),
+                "name" => filter.names.push(value),
+                "label" => filter.labels.push(value),
+                "status" if FILTER_STATUSES.contains(&value.as_str()) => {
+                    filter.statuses.push(value)
+                }
+                "status" => return Err(format!("Invalid filter 'status={value}'")),
+                "exited" => filter.exited.push(
+                    value
+                        .parse()
+                        .map_err(|_| format!("invalid filter 'exited={value}'"))?,
+                ),
+                "ancestor" => filter.ancestors.push(value),
+                "health"
+                    if ["starting", "healthy", "unhealthy", "none"].contains(&value.as_str()) =>
+                {
+                    filter.health.push(value)
+                }
+                "health" => return Err(format!("Unrecognised filter value for health: {value}")),
+                "before" => filter.before.push(value),
+                "since" => filter.since.push(value),
+                _ => return Err(format!("invalid filter '{key}'")),
+            }
+        }
+        Ok(filter)
+    }
+
+    /// A `status=` filter lists stopped containers without `-a`, as with Docker.
+    fn shows_all(&self) -> bool {
+        !self.statuses.is_empty()
+    }
+
+    /// Whether the container passes every condition. `state_name` is Docker's `State`
+    /// (`paused` for a frozen container); `store` resolves `ancestor=`, `before=`, `since=`.
+    fn keeps(
+        &self,
+        store: &Store,
+        record: &ContainerRecord,
+        state: &ContainerState,
+        state_name: &str,
+    ) -> bool {
+        let any = |values: &[String], test: &dyn Fn(&str) -> bool| {
+            values.is_empty() || values.iter().any(|value| test(value))
+        };
+        let health = match (&state.health, state.status) {
+            (Some(health), Status::Running | Status::Exited | Status::Restarting) => {
+                health.status.as_str()
+            }
+            _ => "none",
+        };
+        let created = |name: &str| store.container(name).ok().map(|other| other.created);
+        any(&self.ids, &|value| docker_match(value, &record.id))
+            && any(&self.names, &|value| {
+                docker_match(value, &format!("/{}", record.name))
+            })
+            && self.labels.iter().all(|value| match value.split_once('=') {
+                Some((key, wanted)) => {
+                    record.config.labels.get(key).map(String::as_str) == Some(wanted)
+                }
+                None => record.config.labels.contains_key(value.as_str()),
+            })
+            && any(&self.statuses, &|value| value == state_name)
+            && (self.exited.is_empty()
+                || (state.status == Status::Exited
+                    && state.started_at.is_some()
+                    && self.exited.contains(&state.exit_code)))
+            && any(&self.ancestors, &|value| {
+                record.config.image_name == value
+                    || store
+                        .resolve(value)
+                        .is_ok_and(|digest| digest == record.image)
+            })
+            && any(&self.health, &|value| value == health)
+            && self
+                .before
+                .iter()
+                .all(|name| created(name).is_some_and(|created| record.created < created))
+            && self
+                .since
+                .iter()
+                .all(|name| created(name).is_some_and(|created| record.created > created))
+    }
+}
+
+/// Docker's filter value match (`filters.Args.Match`, a regular expression search): kiln
+/// supports the forms used in practice, a substring with an optional `^` and `$` anchor.
+fn docker_match(pattern: &str, text: &str) -> bool {
+    let (start, pattern) = match pattern.strip_prefix('^') {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    };
+    let (end, pattern) = match pattern.strip_suffix('$') {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    };
+    match (start, end) {
+        (true, true) => text == pattern,
+        (true, false) => text.starts_with(pattern),
+        (false, true) => text.ends_with(pattern),
+        (false, false) => text.contains(pattern),
+    }
+}
+
 pub fn ps(global: &Global, args: PsArgs) -> Exit {
+    let filter = match PsFilter::parse(&args.filters) {
+        Ok(filter) => filter,
+        Err(message) => {
+            output::err(&format!("Error response from daemon: {message}\n"));
+            return Exit::Failure;
+        }
+    };
     let store = match open_store(global) {
         Ok(store) => store,
         Err(exit) => return exit,
@@ -605,12 +757,23 @@ pub fn ps(global: &Global, args: PsArgs) -> Exit {
         Err(error) => return output::error_of(&error),
     };
     let limit = if args.latest { Some(1) } else { args.last };
-    let show_all = args.all || limit.is_some();
+    let show_all = args.all || limit.is_some() || filter.shows_all();
     let rows: Vec<Value> = containers
         .iter()
         .map(|record| (record, current_state(&store, record)))
         .filter(|(_, state)| {
             show_all || matches!(state.status, Status::Running | Status::Restarting)
+        })
+        .filter(|(record, state)| {
+            let state_name = if paused(&record.id, state) {
+                "paused".to_string()
+            } else {
+                serde_json::to_value(state.status)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            filter.keeps(&store, record, state, &state_name)
         })
         .take(limit.unwrap_or(usize::MAX))
         .map(|(record, state)| {
@@ -1135,5 +1298,50 @@ pub fn logs(global: &Global, args: LogsArgs) -> Exit {
             supervisor(&state),
             Some(std::time::Duration::from_millis(100)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_values_match_as_dockers_regular_expressions_do_in_practice() {
+        assert!(docker_match("web", "/my-web-1"));
+        assert!(docker_match("^/web$", "/web"));
+        assert!(!docker_match("^/web$", "/web2"));
+        assert!(docker_match("^/we", "/web2"));
+        assert!(docker_match("b2$", "/web2"));
+        assert!(!docker_match("^web", "/web"));
+    }
+
+    #[test]
+    fn ps_filters_are_checked_as_docker_checks_them() {
+        let parse = |filters: &[&str]| {
+            PsFilter::parse(
+                &filters
+                    .iter()
+                    .map(|text| text.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let filter = parse(&["health=healthy", "status=exited", "exited=3"]).unwrap();
+        assert_eq!(filter.health, ["healthy"]);
+        assert!(filter.shows_all());
+        assert_eq!(filter.exited, [3]);
+        assert_eq!(
+            parse(&["health=sick"]).unwrap_err(),
+            "Unrecognised filter value for health: sick"
+        );
+        assert_eq!(
+            parse(&["status=up"]).unwrap_err(),
+            "Invalid filter 'status=up'"
+        );
+        assert_eq!(
+            parse(&["colour=red"]).unwrap_err(),
+            "invalid filter 'colour'"
+        );
+        assert!(parse(&["health"]).is_err());
+        assert!(!parse(&["name=x"]).unwrap().shows_all());
     }
 }

@@ -29,7 +29,7 @@ pub struct ExecArgs {
     /// Keep STDIN open (pass kiln's stdin to the command)
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Allocate a pseudo-TTY (not yet supported by exec)
+    /// Allocate a pseudo-TTY
     #[arg(short = 't', long)]
     tty: bool,
     /// Set environment variables (NAME=VALUE, or NAME to take kiln's own value)
@@ -89,10 +89,16 @@ fn exit_code(code: i32) -> Exit {
 
 /// `kiln exec`: runs a command in a running container and passes its exit code through
 /// (126/127 when it cannot be executed, 125 for kiln's own errors); `-d` returns once it
-/// was started.
+/// was started. With `-t` the command runs on a new terminal of the container, copied to
+/// kiln's stdout (stdout and stderr merged, as Docker's `-t`) and, with `-i`, from its
+/// stdin (in raw mode when it is a terminal).
 pub fn exec(global: &Global, args: ExecArgs) -> Exit {
-    if args.tty {
-        return output::error("-t (a pseudo-TTY) is not supported by exec yet: run without -t");
+    if args.tty
+        && args.interactive
+        && !args.detach
+        && !std::io::IsTerminal::is_terminal(&std::io::stdin())
+    {
+        return output::error("the input device is not a TTY");
     }
     let env = match exec_env(&args) {
         Ok(env) => env,
@@ -127,6 +133,8 @@ pub fn exec(global: &Global, args: ExecArgs) -> Exit {
     };
     let result = if args.detach {
         kiln_runtime::exec_detached(&spec, &program, &[EXEC_MARKER]).map(|_| 0)
+    } else if args.tty {
+        exec_in_terminal(&spec, &program, args.interactive)
     } else {
         let stdin = if args.interactive {
             std::process::Stdio::inherit()
@@ -146,6 +154,29 @@ pub fn exec(global: &Global, args: ExecArgs) -> Exit {
             exit_code(error.exit_code())
         }
     }
+}
+
+/// `exec -t`: the command on a new terminal, copied to kiln's stdout and, with
+/// `interactive`, from kiln's stdin.
+fn exec_in_terminal(
+    spec: &ExecSpec,
+    program: &std::path::Path,
+    interactive: bool,
+) -> Result<i32, kiln_runtime::ExecError> {
+    use std::os::fd::AsFd;
+    let input = interactive
+        .then(|| std::io::stdin().as_fd().try_clone_to_owned().ok())
+        .flatten();
+    let output = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| kiln_runtime::RuntimeError::Init {
+            step: "duplicating stdout",
+            program: program.to_path_buf(),
+            source,
+        })?;
+    let streams = kiln_runtime::pty::TerminalStreams { input, output };
+    kiln_runtime::exec_in_terminal(spec, program, &[EXEC_MARKER], streams).map(|exit| exit.code())
 }
 
 /// Runs `each` on the named container, reporting a failure as docker does (`Error response

@@ -84,3 +84,47 @@ pub fn kiln(dir: &tempfile::TempDir) -> Command {
     command.arg("--root").arg(dir.path().join("store"));
     command
 }
+
+/// Runs kiln with a new pty (size 31x97) as its stdin, stdout and stderr; returns everything
+/// written to the terminal and kiln's exit status.
+pub fn run_on_pty(dir: &tempfile::TempDir, args: &[&str], input: &[&[u8]]) -> (String, i32) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let (master, slave) = kiln_runtime::pty::open_pair().unwrap();
+    kiln_runtime::pty::set_window_size(
+        master.as_fd(),
+        kiln_runtime::pty::WindowSize { rows: 31, cols: 97 },
+    )
+    .unwrap();
+    let mut command = Process::new(assert_cmd::cargo::cargo_bin("kiln"));
+    command
+        .arg("--root")
+        .arg(dir.path().join("store"))
+        .args(args)
+        .stdin(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(slave));
+    let mut child = command.spawn().unwrap();
+    drop(command);
+    let mut writer = fs::File::from(master.try_clone().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut master = fs::File::from(master);
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // EIO once kiln (the last user of the slave) is gone.
+        while let Ok(count) = master.read(&mut buffer) {
+            if count == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buffer[..count]);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    for chunk in input {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        writer.write_all(chunk).unwrap();
+    }
+    let status = child.wait().unwrap();
+    drop(writer);
+    (reader.join().unwrap(), status.code().unwrap_or(-1))
+}
