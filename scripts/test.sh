@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests need: busybox-static (a base image for runtime tests, made locally),
 # skopeo and umoci (read kiln's archives and OCI layouts in interop tests); tar for fixtures;
-# docker-registry (a real distribution registry on loopback for pull/push tests).
-packages=(busybox-static skopeo umoci tar docker-registry)
+# docker-registry (a real distribution registry on loopback for pull/push tests); git (ADD of
+# git repositories, served by git-daemon in a test).
+packages=(busybox-static skopeo umoci tar docker-registry git)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

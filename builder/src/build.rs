@@ -12,6 +12,10 @@
 //! which resolves every destination inside the image root), its upper directory becomes a
 //! layer ([`kiln_cache::changes::layer_from_upper`]) and the result is recorded.
 //!
+//! **ONBUILD.** The triggers of a stage's base (an image's `OnBuild`, or the ONBUILD lines of
+//! the stage it is built FROM) are parsed at planning time, run right after FROM as if written
+//! there (their errors point at the FROM line) and consumed: the stage's config has none.
+//!
 //! **Scheduling.** Only the stages the target needs are built (the target, the stages its
 //! FROM and `COPY --from` name, transitively). Stages whose dependencies are built run at the
 //! same time, each on its own thread with its own store handle.
@@ -46,8 +50,11 @@ use kiln_parser::ast::{CommandLine, Dockerfile, Instruction, Span, Stage, Statem
 use kiln_parser::expand::Lexer;
 use sha2::{Digest as _, Sha256};
 
+use crate::chmod::Chmod;
 use crate::config::{ConfigError, apply_with_args, command_vector};
-use crate::context::{Context, ContextError, Ownership, Source, has_wildcards};
+use crate::context::{Context, ContextError, Ownership, Source, glob_match, has_wildcards};
+use crate::ignore::Matcher;
+use crate::remote;
 
 /// Build arguments every Dockerfile may use without declaring them in the global scope, and
 /// which are passed to RUN without appearing in history or cache keys.
@@ -106,6 +113,18 @@ pub struct BuildOptions {
     pub compression: Compression,
     /// `--secret` values by id, for `RUN --mount=type=secret`.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--build-context NAME=...` by lower-cased name: they replace the stage or image of that
+    /// name in FROM, `COPY --from` and `RUN --mount=from=`.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A `--build-context` value.
+#[derive(Debug)]
+pub enum NamedContext {
+    /// A local directory (`NAME=DIR`), with its own `.dockerignore`.
+    Directory(Context),
+    /// An image of the store (`docker-image://REF`, or an `oci-layout://` the caller loaded).
+    Image(String),
 }
 
 /// A step of the build, as progress shows it.
@@ -200,7 +219,11 @@ struct PlannedStage<'a> {
     /// Lower-cased `AS` name.
     name: Option<String>,
     base: Base,
-    /// Stages whose results this one needs (FROM and `COPY --from`).
+    /// The base name as FROM names it, build arguments expanded.
+    image: String,
+    /// The ONBUILD triggers of the base, parsed, in order: they run right after FROM.
+    triggers: Vec<Statement>,
+    /// Stages whose results this one needs (FROM, `COPY --from`, `RUN --mount=from=`).
     needs: BTreeSet<usize>,
 }
 
@@ -209,6 +232,8 @@ enum Base {
     Scratch,
     Stage(usize),
     Image(String),
+    /// A `--build-context NAME=DIR`: scratch with the directory's files.
+    Directory(String),
 }
 
 /// Shared state of one build.
@@ -316,7 +341,7 @@ pub fn build(
         used_args: Mutex::new(used),
         counts: Mutex::new((0, 0)),
     };
-    let stages = build.plan()?;
+    let stages = build.plan(store)?;
     let target = match &options.target {
         Some(target) => {
             let lower = target.to_ascii_lowercase();
@@ -483,8 +508,8 @@ impl Build<'_> {
         Ok(Store::open(&self.store_root)?)
     }
 
-    /// Resolves every stage's base and dependencies.
-    fn plan(&self) -> Result<Vec<PlannedStage<'_>>, BuildError> {
+    /// Resolves every stage's base, its base's ONBUILD triggers and its dependencies.
+    fn plan(&self, store: &Store) -> Result<Vec<PlannedStage<'_>>, BuildError> {
         let lexer = Lexer::new(self.escape);
         let stages = self.dockerfile.stages();
         if stages.is_empty() {
@@ -503,7 +528,12 @@ impl Build<'_> {
                 ));
             }
             let lower = image.to_ascii_lowercase();
-            let base = if lower == "scratch" {
+            let base = if let Some(named) = self.options.named_contexts.get(&lower) {
+                match named {
+                    NamedContext::Directory(_) => Base::Directory(lower.clone()),
+                    NamedContext::Image(reference) => Base::Image(reference.clone()),
+                }
+            } else if lower == "scratch" {
                 Base::Scratch
             } else if let Some(index) = planned
                 .iter()
@@ -511,26 +541,55 @@ impl Build<'_> {
             {
                 Base::Stage(index)
             } else {
-                Base::Image(image)
+                Base::Image(image.clone())
+            };
+            let from_span = stage.from_statement.span;
+            let triggers: Vec<Statement> = match &base {
+                Base::Scratch | Base::Directory(_) => Vec::new(),
+                // A stage's own ONBUILD lines (what it inherited, it consumed).
+                Base::Stage(index) => planned[*index]
+                    .stage
+                    .statements
+                    .iter()
+                    .filter_map(|statement| {
+                        if let Instruction::Onbuild(onbuild) = &statement.instruction {
+                            Some((*onbuild.trigger).clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+                Base::Image(name) => match store.resolve(name) {
+                    // A missing image fails when the stage runs (only if it is needed).
+                    Err(_) => Vec::new(),
+                    Ok(id) => kiln_cache::changes::image_config(store, &id)
+                        .map_err(|error| BuildError::at(from_span, error))?
+                        .config
+                        .on_build
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|expression| parse_trigger(expression, from_span))
+                        .collect::<Result<_, _>>()?,
+                },
             };
             let mut needs = BTreeSet::new();
             if let Base::Stage(index) = base {
                 needs.insert(index);
             }
-            for statement in stage.statements {
-                if let Instruction::Copy(copy) = &statement.instruction
-                    && let Some(from) = &copy.from
-                {
+            for statement in triggers.iter().chain(stage.statements) {
+                for (from, span) in statement_sources(statement) {
                     let from_value = lexer
-                        .expand_word(&from.text, &self.global_args)
-                        .map_err(|error| BuildError::at(from.span, error))?
+                        .expand_word(&from, &self.global_args)
+                        .map_err(|error| BuildError::at(span, error))?
                         .value
                         .to_ascii_lowercase();
-                    if let Some(index) = stage_reference(&planned, &from_value) {
+                    if self.options.named_contexts.contains_key(&from_value) {
+                        // A named context replaces a stage or image of that name.
+                    } else if let Some(index) = stage_reference(&planned, &from_value) {
                         needs.insert(index);
                     } else if from_value.parse::<usize>().is_ok() {
                         return Err(BuildError::at(
-                            from.span,
+                            span,
                             format!(
                                 "invalid stage index {from_value}: only earlier stages can be named"
                             ),
@@ -546,6 +605,8 @@ impl Build<'_> {
                     .map(|alias| alias.text.to_ascii_lowercase()),
                 stage,
                 base,
+                image,
+                triggers,
                 needs,
             });
         }
@@ -566,7 +627,7 @@ impl Build<'_> {
                 .get(index)
                 .cloned()
                 .ok_or(BuildError::Panicked),
-            Base::Scratch => {
+            Base::Scratch | Base::Directory(_) => {
                 let (os, arch) = host_platform();
                 Ok(State {
                     config: ImageConfig {
@@ -631,132 +692,210 @@ impl Build<'_> {
             });
         // Build arguments declared in this stage (with their values), and the environment.
         let mut args: BTreeMap<String, String> = BTreeMap::new();
-        let total = planned.stage.statements.len() + 1;
+        // ONBUILD triggers of the base run first, as if written right after FROM, and are
+        // consumed: the stage's image does not pass them on.
+        let triggers = &planned.triggers;
+        if state.config.config.on_build.take().is_some() {
+            state.key = sha(&[state.key.as_bytes(), b"onbuild-consumed"]);
+        }
+        let total = triggers.len() + planned.stage.statements.len() + 1;
         {
             let step = self.next_step();
             self.progress.event(Event::Started {
                 step,
-                name: format!(
-                    "[{stage_label} 1/{total}] FROM {}",
-                    planned.stage.from.image.text
-                ),
+                name: format!("[{stage_label} 1/{total}] FROM {}", planned.image),
             });
             self.progress.event(Event::Done {
                 step,
                 elapsed: Duration::ZERO,
             });
         }
-        for (position, statement) in planned.stage.statements.iter().enumerate() {
+        if let Base::Directory(name) = &planned.base {
+            // A local named context as the base: its files on scratch, one layer.
+            let from = planned.stage.from_statement;
+            state = self.timed(format!("[{stage_label} 1/{total}] COPY {name} /"), |step| {
+                self.copy_step(
+                    &mut store,
+                    stages,
+                    results,
+                    &state,
+                    from,
+                    step,
+                    no_cache,
+                    CopyRequest {
+                        sources: vec![".".to_string()],
+                        heredocs: &[],
+                        destination: "/".to_string(),
+                        chown: None,
+                        chmod: None,
+                        from: Some(name.clone()),
+                        add: false,
+                        parents: false,
+                        excludes: Vec::new(),
+                        checksum: None,
+                        keep_git_dir: false,
+                    },
+                )
+            })?;
+        }
+        let from_span = planned.stage.from_statement.span;
+        let statements = triggers.iter().map(|trigger| (trigger, true)).chain(
+            planned
+                .stage
+                .statements
+                .iter()
+                .map(|statement| (statement, false)),
+        );
+        for (position, (statement, is_trigger)) in statements.enumerate() {
             let label = format!(
-                "[{stage_label} {}/{total}] {} {}",
+                "[{stage_label} {}/{total}] {}{} {}",
                 position + 2,
+                if is_trigger { "ONBUILD " } else { "" },
                 statement.keyword.text.to_ascii_uppercase(),
                 statement.original.trim()
             );
-            match &statement.instruction {
-                Instruction::Arg(arg) => {
-                    for declaration in &arg.args {
-                        let name = declaration.name.text.clone();
-                        let value = if let Some(value) = self.options.build_args.get(&name) {
-                            self.used_args
-                                .lock()
-                                .map_err(|_| BuildError::Panicked)?
-                                .insert(name.clone());
-                            Some(value.clone())
-                        } else if let Some(default) = &declaration.default {
-                            let env = self.visible_env(&state, &args);
-                            Some(
-                                Lexer::new(self.escape)
-                                    .expand_word(&default.text, &env)
-                                    .map_err(|error| BuildError::at(default.span, error))?
-                                    .value,
-                            )
-                        } else {
-                            self.global_args.get(&name).cloned()
-                        };
-                        match value {
-                            Some(value) => {
-                                args.insert(name, value);
-                            }
-                            None => {
-                                args.remove(&name);
-                            }
-                        }
-                    }
-                    state.key = sha(&[
-                        state.key.as_bytes(),
-                        b"arg",
-                        serde_json::to_string(&args)?.as_bytes(),
-                    ]);
+            let outcome = self.dispatch(
+                &mut store, stages, results, &mut state, &mut args, statement, label, no_cache,
+            );
+            match outcome {
+                Ok(()) => {}
+                // A trigger's text is not in this Dockerfile: point at the FROM that ran it.
+                Err(BuildError::At {
+                    message,
+                    hint,
+                    exit_code,
+                    ..
+                }) if is_trigger => {
+                    return Err(BuildError::At {
+                        span: from_span,
+                        message: format!(
+                            "ONBUILD {} {}: {message}",
+                            statement.keyword.text.to_ascii_uppercase(),
+                            statement.original.trim()
+                        ),
+                        hint,
+                        exit_code,
+                    });
                 }
-                Instruction::Run(run) => {
-                    state = self.timed(label, |step| {
-                        let op = FsOp::Run(run);
-                        self.fs_step(
-                            &mut store, stages, results, &state, &args, statement, op, step,
-                            no_cache,
-                        )
-                    })?;
-                }
-                Instruction::Copy(copy) => {
-                    state = self.timed(label, |step| {
-                        let op = FsOp::Copy(copy);
-                        self.fs_step(
-                            &mut store, stages, results, &state, &args, statement, op, step,
-                            no_cache,
-                        )
-                    })?;
-                }
-                Instruction::Add(add) => {
-                    state = self.timed(label, |step| {
-                        let op = FsOp::Add(add);
-                        self.fs_step(
-                            &mut store, stages, results, &state, &args, statement, op, step,
-                            no_cache,
-                        )
-                    })?;
-                }
-                Instruction::Maintainer(author) => {
-                    let mut next = state.clone();
-                    next.config.author = Some(author.text.clone());
-                    self.config_history(&mut next, statement);
-                    next.key = sha(&[state.key.as_bytes(), b"maintainer", author.text.as_bytes()]);
-                    state = next;
-                }
-                Instruction::From(_) => {}
-                Instruction::Cmd(_)
-                | Instruction::Label(_)
-                | Instruction::Expose(_)
-                | Instruction::Env(_)
-                | Instruction::Entrypoint(_)
-                | Instruction::Volume(_)
-                | Instruction::User(_)
-                | Instruction::Workdir(_)
-                | Instruction::Onbuild(_)
-                | Instruction::Stopsignal(_)
-                | Instruction::Healthcheck(_)
-                | Instruction::Shell(_) => {
-                    let mut next = state.clone();
-                    apply_with_args(&mut next.config.config, statement, self.escape, &args)
-                        .map_err(|error| config_error(statement, error))?;
-                    next.key = sha(&[
-                        state.key.as_bytes(),
-                        b"config",
-                        &image::canonical_json(&next.config.config)?,
-                    ]);
-                    if matches!(statement.instruction, Instruction::Workdir(_)) {
-                        // Its history entry comes with the directory it may create.
-                        state = self.timed(label, |step| {
-                            self.workdir_step(&mut store, &next, statement, step, no_cache)
-                        })?;
-                    } else {
-                        self.config_history(&mut next, statement);
-                        state = next;
-                    }
-                }
+                Err(error) => return Err(error),
             }
         }
         Ok(state)
+    }
+
+    /// Applies one instruction of a stage to its state.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        store: &mut Store,
+        stages: &[PlannedStage<'_>],
+        results: &Mutex<HashMap<usize, State>>,
+        state: &mut State,
+        args: &mut BTreeMap<String, String>,
+        statement: &Statement,
+        label: String,
+        no_cache: bool,
+    ) -> Result<(), BuildError> {
+        match &statement.instruction {
+            Instruction::Arg(arg) => {
+                for declaration in &arg.args {
+                    let name = declaration.name.text.clone();
+                    let value = if let Some(value) = self.options.build_args.get(&name) {
+                        self.used_args
+                            .lock()
+                            .map_err(|_| BuildError::Panicked)?
+                            .insert(name.clone());
+                        Some(value.clone())
+                    } else if let Some(default) = &declaration.default {
+                        let env = self.visible_env(state, args);
+                        Some(
+                            Lexer::new(self.escape)
+                                .expand_word(&default.text, &env)
+                                .map_err(|error| BuildError::at(default.span, error))?
+                                .value,
+                        )
+                    } else {
+                        self.global_args.get(&name).cloned()
+                    };
+                    match value {
+                        Some(value) => {
+                            args.insert(name, value);
+                        }
+                        None => {
+                            args.remove(&name);
+                        }
+                    }
+                }
+                state.key = sha(&[
+                    state.key.as_bytes(),
+                    b"arg",
+                    serde_json::to_string(&args)?.as_bytes(),
+                ]);
+            }
+            Instruction::Run(run) => {
+                *state = self.timed(label, |step| {
+                    let op = FsOp::Run(run);
+                    self.fs_step(
+                        store, stages, results, state, args, statement, op, step, no_cache,
+                    )
+                })?;
+            }
+            Instruction::Copy(copy) => {
+                *state = self.timed(label, |step| {
+                    let op = FsOp::Copy(copy);
+                    self.fs_step(
+                        store, stages, results, state, args, statement, op, step, no_cache,
+                    )
+                })?;
+            }
+            Instruction::Add(add) => {
+                *state = self.timed(label, |step| {
+                    let op = FsOp::Add(add);
+                    self.fs_step(
+                        store, stages, results, state, args, statement, op, step, no_cache,
+                    )
+                })?;
+            }
+            Instruction::Maintainer(author) => {
+                let mut next = state.clone();
+                next.config.author = Some(author.text.clone());
+                self.config_history(&mut next, statement);
+                next.key = sha(&[state.key.as_bytes(), b"maintainer", author.text.as_bytes()]);
+                *state = next;
+            }
+            Instruction::From(_) => {}
+            Instruction::Cmd(_)
+            | Instruction::Label(_)
+            | Instruction::Expose(_)
+            | Instruction::Env(_)
+            | Instruction::Entrypoint(_)
+            | Instruction::Volume(_)
+            | Instruction::User(_)
+            | Instruction::Workdir(_)
+            | Instruction::Onbuild(_)
+            | Instruction::Stopsignal(_)
+            | Instruction::Healthcheck(_)
+            | Instruction::Shell(_) => {
+                let mut next = state.clone();
+                apply_with_args(&mut next.config.config, statement, self.escape, args)
+                    .map_err(|error| config_error(statement, error))?;
+                next.key = sha(&[
+                    state.key.as_bytes(),
+                    b"config",
+                    &image::canonical_json(&next.config.config)?,
+                ]);
+                if matches!(statement.instruction, Instruction::Workdir(_)) {
+                    // Its history entry comes with the directory it may create.
+                    *state = self.timed(label, |step| {
+                        self.workdir_step(store, &next, statement, step, no_cache)
+                    })?;
+                } else {
+                    self.config_history(&mut next, statement);
+                    *state = next;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The environment words of a stage see: the config's env over the declared args.
@@ -854,7 +993,7 @@ impl Build<'_> {
                         BuildNetwork::None => "none",
                     },
                 };
-                let mounts = self.run_mounts(store, state, &env, run)?;
+                let mounts = self.run_mounts(store, stages, results, state, &env, run)?;
                 let mut process_env = process_env;
                 let key_env: Vec<String> = process_env
                     .iter()
@@ -893,12 +1032,6 @@ impl Build<'_> {
                 })
             }
             FsOp::Copy(copy) => {
-                if copy.parents || !copy.excludes.is_empty() {
-                    return Err(BuildError::at(
-                        statement.span,
-                        "COPY --parents and --exclude are not supported yet by kiln",
-                    ));
-                }
                 let sources: Vec<String> = copy
                     .paths
                     .sources
@@ -909,6 +1042,11 @@ impl Build<'_> {
                 let chown = copy.chown.as_ref().map(&expand).transpose()?;
                 let chmod = copy.chmod.as_ref().map(&expand).transpose()?;
                 let from = copy.from.as_ref().map(&expand).transpose()?;
+                let excludes = copy
+                    .excludes
+                    .iter()
+                    .map(&expand)
+                    .collect::<Result<_, _>>()?;
                 self.copy_step(
                     store,
                     stages,
@@ -925,36 +1063,25 @@ impl Build<'_> {
                         chmod,
                         from,
                         add: false,
+                        parents: copy.parents,
+                        excludes,
+                        checksum: None,
+                        keep_git_dir: false,
                     },
                 )
             }
             FsOp::Add(add) => {
-                if !add.excludes.is_empty() || add.checksum.is_some() || add.keep_git_dir {
-                    return Err(BuildError::at(
-                        statement.span,
-                        "ADD --exclude, --checksum and --keep-git-dir are not supported yet by kiln",
-                    ));
-                }
                 let sources: Vec<String> = add
                     .paths
                     .sources
                     .iter()
                     .map(&expand)
                     .collect::<Result<_, _>>()?;
-                if let Some(remote) = sources
-                    .iter()
-                    .find(|source| source.contains("://") || source.starts_with("git@"))
-                {
-                    return Err(BuildError::at(
-                        statement.span,
-                        format!(
-                            "ADD from a URL or git repository ({remote}) is not supported yet by kiln: download it in a RUN step or into the context"
-                        ),
-                    ));
-                }
                 let destination = expand(&add.paths.destination)?;
                 let chown = add.chown.as_ref().map(&expand).transpose()?;
                 let chmod = add.chmod.as_ref().map(&expand).transpose()?;
+                let excludes = add.excludes.iter().map(&expand).collect::<Result<_, _>>()?;
+                let checksum = add.checksum.as_ref().map(&expand).transpose()?;
                 self.copy_step(
                     store,
                     stages,
@@ -971,6 +1098,10 @@ impl Build<'_> {
                         chmod,
                         from: None,
                         add: add.unpack != Some(false),
+                        parents: false,
+                        excludes,
+                        checksum,
+                        keep_git_dir: add.keep_git_dir,
                     },
                 )
             }
@@ -982,10 +1113,12 @@ impl Build<'_> {
     fn run_mounts(
         &self,
         store: &Store,
+        stages: &[PlannedStage<'_>],
+        results: &Mutex<HashMap<usize, State>>,
         state: &State,
         env: &BTreeMap<String, String>,
         run: &kiln_parser::ast::Run,
-    ) -> Result<RunMounts, BuildError> {
+    ) -> Result<RunMounts<'_>, BuildError> {
         use kiln_parser::ast::MountKind;
         let lexer = Lexer::new(self.escape);
         let mut mounts = RunMounts::default();
@@ -1032,17 +1165,22 @@ impl Build<'_> {
                     let target = target
                         .ok_or_else(|| BuildError::at(span, "a cache mount needs a target"))?;
                     let id = expand(&mount.id)?.unwrap_or_else(|| target.clone());
-                    if mount.from.is_some() {
-                        return Err(BuildError::at(
-                            span,
-                            "cache mounts with from= are not supported yet by kiln",
-                        ));
-                    }
                     let (uid, gid, mode) = (
                         number(&mount.uid, 10, 0)?,
                         number(&mount.gid, 10, 0)?,
                         number(&mount.mode, 8, 0o755)?,
                     );
+                    // `from=`: a new cache starts with that stage's or image's `source` path.
+                    let seed = match expand(&mount.from)? {
+                        None => None,
+                        Some(from) => {
+                            let source = expand(&mount.source)?.unwrap_or_else(|| "/".to_string());
+                            Some((
+                                self.mount_source(store, stages, results, &from, span)?,
+                                source,
+                            ))
+                        }
+                    };
                     let dir = store
                         .layout()
                         .root()
@@ -1064,18 +1202,51 @@ impl Build<'_> {
                                 std::os::unix::fs::chown(staging.path(), Some(uid), Some(gid))
                             })
                             .map_err(|source| BuildError::at(span, source))?;
+                        match &seed {
+                            Some((MountSource::Filesystem(_view, fs, _), source)) => {
+                                let contents = format!("{}/.", source.trim_end_matches('/'));
+                                fs.copy_out(
+                                    &contents,
+                                    CopyTarget::Path::<io::Sink>(staging.path()),
+                                    &CopyOptions {
+                                        archive: true,
+                                        follow_link: true,
+                                    },
+                                )
+                                .map_err(|error| BuildError::at(span, error))?;
+                            }
+                            Some((MountSource::Context(context), source)) => {
+                                seed_from_context(context, source, staging.path())
+                                    .map_err(|message| BuildError::at(span, message))?;
+                            }
+                            None => {}
+                        }
                         // Another build may have made it first: keep theirs.
                         let staged = staging.keep();
                         if fs::rename(&staged, &dir).is_err() {
                             let _ = fs::remove_dir_all(&staged);
                         }
                     }
-                    if mount.sharing == Some(kiln_parser::ast::Sharing::Locked) {
-                        mounts.locked.push(dir.clone());
+                    let sharing = mount.sharing.unwrap_or(kiln_parser::ast::Sharing::Shared);
+                    match sharing {
+                        kiln_parser::ast::Sharing::Locked => mounts.locked.push(dir.clone()),
+                        kiln_parser::ast::Sharing::Private => {
+                            mounts.private.push(PrivateCache {
+                                bind: mounts.binds.len(),
+                                dir: dir.clone(),
+                                uid,
+                                gid,
+                                mode,
+                            });
+                        }
+                        kiln_parser::ast::Sharing::Shared => {}
                     }
-                    mounts
-                        .definition
-                        .push(serde_json::json!({"type": "cache", "target": target, "id": id}));
+                    mounts.definition.push(serde_json::json!({
+                        "type": "cache",
+                        "target": target,
+                        "id": id,
+                        "sharing": format!("{sharing:?}"),
+                    }));
                     mounts.binds.push(kiln_runtime::BindMount {
                         source: dir,
                         destination: target,
@@ -1152,43 +1323,74 @@ impl Build<'_> {
                 MountKind::Bind => {
                     let target = target
                         .ok_or_else(|| BuildError::at(span, "a bind mount needs a target"))?;
-                    if mount.from.is_some() {
-                        return Err(BuildError::at(
-                            span,
-                            "bind mounts from another stage or image are not supported yet by kiln",
-                        ));
-                    }
-                    if !mount.is_read_only() {
-                        return Err(BuildError::at(
-                            span,
-                            "read-write bind mounts (rw) are not supported yet by kiln",
-                        ));
-                    }
+                    let read_only = mount.is_read_only();
                     let source = expand(&mount.source)?.unwrap_or_else(|| ".".to_string());
-                    let found = self
-                        .options
-                        .context
-                        .sources(&source)
-                        .map_err(|error| context_error(span, "RUN --mount", &source, error))?;
-                    let [found] = found.as_slice() else {
-                        return Err(BuildError::at(
-                            span,
-                            format!("bind mount source {source:?} must name one path"),
-                        ));
+                    let from = expand(&mount.from)?;
+                    let origin = match &from {
+                        None => MountSource::Context(&self.options.context),
+                        Some(from) => self.mount_source(store, stages, results, from, span)?,
                     };
-                    let mut inputs = BTreeMap::new();
-                    let digest = self
-                        .options
-                        .context
-                        .digest(found, &mut inputs)
-                        .map_err(|error| context_error(span, "RUN --mount", &source, error))?;
-                    mounts.definition.push(serde_json::json!({"type": "bind", "target": target, "source": found.relative, "content": digest.to_string()}));
-                    mounts.binds.push(kiln_runtime::BindMount {
-                        source: found.host.clone(),
-                        destination: target,
-                        read_only: true,
-                        copy_up: false,
-                    });
+                    match origin {
+                        MountSource::Context(context) => {
+                            let found = context.sources(&source).map_err(|error| {
+                                context_error(span, "RUN --mount", &source, error)
+                            })?;
+                            let [found] = found.as_slice() else {
+                                return Err(BuildError::at(
+                                    span,
+                                    format!("bind mount source {source:?} must name one path"),
+                                ));
+                            };
+                            let mut inputs = BTreeMap::new();
+                            let digest =
+                                context.digest(found, None, &mut inputs).map_err(|error| {
+                                    context_error(span, "RUN --mount", &source, error)
+                                })?;
+                            mounts.definition.push(serde_json::json!({"type": "bind", "target": target, "source": found.relative, "from": from, "rw": !read_only, "content": digest.to_string()}));
+                            if !read_only {
+                                // Writes are discarded: the step gets a copy.
+                                mounts.copies.push(PendingCopy {
+                                    bind: mounts.binds.len(),
+                                    origin: CopyOrigin::Context(context, found.clone()),
+                                });
+                            }
+                            mounts.binds.push(kiln_runtime::BindMount {
+                                source: found.host.clone(),
+                                destination: target,
+                                read_only,
+                                copy_up: false,
+                            });
+                        }
+                        MountSource::Filesystem(view, fs, key) => {
+                            let path = kiln_parser::path::clean(&format!("/{source}"));
+                            if fs
+                                .kind(&path)
+                                .map_err(|error| BuildError::at(span, error))?
+                                == PathKind::Missing
+                            {
+                                return Err(BuildError::at(
+                                    span,
+                                    format!(
+                                        "bind mount source {path:?}: not found in {}",
+                                        from.clone().unwrap_or_default()
+                                    ),
+                                ));
+                            }
+                            mounts.definition.push(serde_json::json!({"type": "bind", "target": target, "source": path, "from": key.to_string(), "rw": !read_only}));
+                            // The stage's files are copied out for the step (its snapshots
+                            // are shared and must stay untouched).
+                            mounts.copies.push(PendingCopy {
+                                bind: mounts.binds.len(),
+                                origin: CopyOrigin::Filesystem(view, fs, path),
+                            });
+                            mounts.binds.push(kiln_runtime::BindMount {
+                                source: PathBuf::new(),
+                                destination: target,
+                                read_only,
+                                copy_up: false,
+                            });
+                        }
+                    }
                 }
                 MountKind::Ssh => {
                     return Err(BuildError::at(
@@ -1388,7 +1590,7 @@ impl Build<'_> {
         argv: Vec<String>,
         env: Vec<String>,
         network: &str,
-        mounts: &RunMounts,
+        mounts: &RunMounts<'_>,
         statement: &Statement,
         step: usize,
     ) -> Result<(), BuildError> {
@@ -1403,6 +1605,58 @@ impl Build<'_> {
         // Locks of `sharing=locked` cache mounts, held while the step runs.
         let _locks = mounts.lock(statement.span)?;
         let mut binds = mounts.binds.clone();
+        let _private_locks = mounts.take_private(work, &mut binds, statement.span)?;
+        // Bind sources the step gets its own copy of.
+        for (index, copy) in mounts.copies.iter().enumerate() {
+            let name = format!("mount-{index}");
+            let destination = work.join(&name);
+            let at = |message: String| BuildError::at(statement.span, message);
+            match &copy.origin {
+                CopyOrigin::Filesystem(_view, fs, path) => fs
+                    .copy_out(
+                        path,
+                        CopyTarget::Path::<io::Sink>(&destination),
+                        &CopyOptions {
+                            archive: true,
+                            follow_link: true,
+                        },
+                    )
+                    .map_err(|error| at(format!("copying {path} for a bind mount: {error}")))?,
+                CopyOrigin::Context(context, source) => {
+                    let mut spool = tempfile::tempfile_in(work)
+                        .map_err(|error| at(format!("copying a bind mount source: {error}")))?;
+                    {
+                        let mut archive = tar::Builder::new(&mut spool);
+                        context
+                            .append(
+                                source,
+                                &name,
+                                &Ownership::default(),
+                                None,
+                                None,
+                                &mut archive,
+                            )
+                            .map_err(|error| at(error.to_string()))?;
+                        archive
+                            .finish()
+                            .map_err(|error| at(format!("copying a bind mount source: {error}")))?;
+                    }
+                    use std::io::Seek;
+                    spool
+                        .rewind()
+                        .map_err(|error| at(format!("copying a bind mount source: {error}")))?;
+                    kiln_cache::layer::apply_layer(
+                        work,
+                        spool,
+                        &kiln_cache::layer::ApplyOptions::new(kiln_cache::layer::Whiteouts::Apply),
+                    )
+                    .map_err(|error| at(format!("copying a bind mount source: {error}")))?;
+                }
+            }
+            if let Some(bind) = binds.get_mut(copy.bind) {
+                bind.source = destination;
+            }
+        }
         // Secrets go to files in the step's directory (never in the upper dir), bound read-only.
         for (index, (destination, content, mode)) in mounts.secrets.iter().enumerate() {
             let path = work.join(format!("secret-{index}"));
@@ -1421,6 +1675,26 @@ impl Build<'_> {
                 copy_up: false,
             });
         }
+        // Paths the image lacks that the runtime will create only as mount points: removed
+        // from the layer afterwards when still empty, as BuildKit's mount stub cleaner does.
+        let stubs = {
+            let (_view, lower) = image_view(store, &state.layers)?;
+            let mut stubs = BTreeSet::new();
+            let destinations = binds
+                .iter()
+                .map(|bind| bind.destination.as_str())
+                .chain(mounts.tmpfs.iter().map(|tmpfs| tmpfs.destination.as_str()));
+            for destination in destinations {
+                let mut prefix = String::new();
+                for component in destination.split('/').filter(|c| !c.is_empty()) {
+                    prefix = format!("{prefix}/{component}");
+                    if matches!(lower.kind(&prefix), Ok(PathKind::Missing)) {
+                        stubs.insert(prefix.clone());
+                    }
+                }
+            }
+            stubs
+        };
         let work_dir = work.join("work");
         fs::create_dir_all(&work_dir).map_err(|source| {
             BuildError::at(
@@ -1496,6 +1770,21 @@ impl Build<'_> {
             let _ = reader.join();
             outcome
         });
+        // Deepest first, so a parent made only for a mount point is empty when it comes.
+        let upper = work.join("upper");
+        for stub in stubs.iter().rev() {
+            let path = upper.join(stub.trim_start_matches('/'));
+            match fs::symlink_metadata(&path) {
+                Ok(metadata) if metadata.is_file() && metadata.len() == 0 => {
+                    let _ = fs::remove_file(&path);
+                }
+                Ok(metadata) if metadata.is_dir() => {
+                    // Fails, as it should, when the step put something there.
+                    let _ = fs::remove_dir(&path);
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
         let shown = argv.join(" ");
         match outcome {
             Ok(outcome) if outcome.code() == 0 => Ok(()),
@@ -1543,16 +1832,22 @@ impl Build<'_> {
             self.config_history(&mut next, statement);
             return Ok(next);
         }
+        // BuildKit creates it as the current USER (resolved in the image's passwd and group).
+        let (uid, gid) = match state.config.config.user.as_deref() {
+            Some(user) if !user.is_empty() => resolve_chown(&lower, user)
+                .map_err(|message| BuildError::at(statement.span, message))?,
+            _ => (0, 0),
+        };
         let step_def = FsStep {
             statement,
             created_by: instruction_text(statement),
-            definition: serde_json::json!({"op": "mkdir", "path": path}),
+            definition: serde_json::json!({"op": "mkdir", "path": path, "owner": [uid, gid]}),
             inputs: BTreeMap::new(),
         };
         let mtime = self.options.source_date_epoch.unwrap_or(0).max(0) as u64;
         self.cached_or(store, state, step_def, step, no_cache, |store, work| {
             let fs = ContainerFs::over_layers(store, work.join("upper"), &state.layers);
-            fs.make_dirs(&path, 0, 0, mtime)
+            fs.make_dirs(&path, uid, gid, mtime)
                 .map_err(|error| BuildError::at(statement.span, error))
         })
     }
@@ -1576,9 +1871,46 @@ fn image_view(
     Ok((empty, fs))
 }
 
+/// Where a `RUN --mount=from=` reads: a local context or another file system (a stage, an
+/// image) with its key.
+enum MountSource<'c> {
+    Context(&'c Context),
+    Filesystem(tempfile::TempDir, ContainerFs, Digest),
+}
+
+/// A bind whose source is copied into the step's directory when it runs.
+#[derive(Debug)]
+struct PendingCopy<'c> {
+    /// Its index in [`RunMounts::binds`].
+    bind: usize,
+    origin: CopyOrigin<'c>,
+}
+
+#[derive(Debug)]
+enum CopyOrigin<'c> {
+    Context(&'c Context, Source),
+    /// The view (kept alive), and the absolute path in it.
+    Filesystem(tempfile::TempDir, ContainerFs, String),
+}
+
+/// A `sharing=private` cache mount: used directly when no other build holds it, otherwise
+/// replaced by a fresh, empty directory for the step.
+#[derive(Debug)]
+struct PrivateCache {
+    bind: usize,
+    dir: PathBuf,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
 /// The `RUN --mount`s of a step, resolved.
 #[derive(Debug, Default)]
-struct RunMounts {
+struct RunMounts<'c> {
+    /// Sources copied for the step when it runs (binds from stages, `rw` binds).
+    copies: Vec<PendingCopy<'c>>,
+    /// `sharing=private` caches.
+    private: Vec<PrivateCache>,
     binds: Vec<kiln_runtime::BindMount>,
     tmpfs: Vec<kiln_runtime::TmpfsMount>,
     /// (destination, content, mode) of secret files.
@@ -1591,7 +1923,49 @@ struct RunMounts {
     definition: Vec<serde_json::Value>,
 }
 
-impl RunMounts {
+impl RunMounts<'_> {
+    /// Takes each `sharing=private` cache: its lock when free (held while the step runs, and
+    /// returned), else a fresh empty directory in `work` replaces it in `binds`.
+    fn take_private(
+        &self,
+        work: &Path,
+        binds: &mut [kiln_runtime::BindMount],
+        span: Span,
+    ) -> Result<Vec<fs::File>, BuildError> {
+        let mut held = Vec::new();
+        for (index, private) in self.private.iter().enumerate() {
+            let path = private.dir.with_extension("lock");
+            let io_error =
+                |source: io::Error| BuildError::at(span, format!("{}: {source}", path.display()));
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_error)?;
+            match file.try_lock() {
+                Ok(()) => held.push(file),
+                Err(fs::TryLockError::WouldBlock) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    let fresh = work.join(format!("private-{index}"));
+                    fs::create_dir(&fresh)
+                        .and_then(|()| {
+                            fs::set_permissions(&fresh, fs::Permissions::from_mode(private.mode))
+                        })
+                        .and_then(|()| {
+                            std::os::unix::fs::chown(&fresh, Some(private.uid), Some(private.gid))
+                        })
+                        .map_err(io_error)?;
+                    if let Some(bind) = binds.get_mut(private.bind) {
+                        bind.source = fresh;
+                    }
+                }
+                Err(fs::TryLockError::Error(source)) => return Err(io_error(source)),
+            }
+        }
+        Ok(held)
+    }
+
     fn lock(&self, span: Span) -> Result<Vec<fs::File>, BuildError> {
         self.locked
             .iter()
@@ -1622,8 +1996,30 @@ struct CopyRequest<'a> {
     chown: Option<String>,
     chmod: Option<String>,
     from: Option<String>,
-    /// ADD: unpack local archives.
+    /// ADD: unpack local archives, download URLs, check out git repositories.
     add: bool,
+    /// `--parents`: keep each source's path (from the context root or a `/./` pivot).
+    parents: bool,
+    /// `--exclude` patterns (`.dockerignore` syntax).
+    excludes: Vec<String>,
+    /// ADD `--checksum=sha256:...` of a URL source.
+    checksum: Option<String>,
+    /// ADD `--keep-git-dir`.
+    keep_git_dir: bool,
+}
+
+/// A source of a COPY or ADD, resolved.
+enum Item {
+    /// A path of the build context or a named context, with its `--parents` path.
+    Context(Source, Option<String>),
+    Heredoc(String, String),
+    /// An absolute path in another stage or image, with its `--parents` path.
+    Foreign(String, Option<String>),
+    Download(remote::Download),
+    /// An http(s) URL with a `--checksum`, downloaded only if the step runs.
+    Url(String),
+    /// A git checkout (an index into the step's checkouts).
+    Checkout(usize),
 }
 
 /// An instruction as history records it: `WORKDIR /app`.
@@ -1641,6 +2037,46 @@ enum FsOp<'s> {
     Run(&'s kiln_parser::ast::Run),
     Copy(&'s kiln_parser::ast::Copy),
     Add(&'s kiln_parser::ast::Add),
+}
+
+/// Parses an ONBUILD trigger as recorded in an image config (`RUN echo hi`). Errors point at
+/// the FROM line that brings it in; nested ONBUILD, FROM and MAINTAINER triggers are refused
+/// by the parser, as Docker does.
+fn parse_trigger(expression: &str, from_span: Span) -> Result<Statement, BuildError> {
+    let text = format!("FROM scratch\nONBUILD {expression}\n");
+    let invalid = |reason: String| {
+        BuildError::at(
+            from_span,
+            format!("invalid ONBUILD trigger {expression:?} in the base image: {reason}"),
+        )
+    };
+    let dockerfile = kiln_parser::parse(&text).map_err(|error| invalid(error.kind.to_string()))?;
+    if let [_, statement] = dockerfile.statements.as_slice()
+        && let Instruction::Onbuild(onbuild) = &statement.instruction
+    {
+        return Ok((*onbuild.trigger).clone());
+    }
+    Err(invalid("expected one instruction".to_string()))
+}
+
+/// The other stages or images an instruction reads (`COPY --from`, `RUN --mount=from=`),
+/// unexpanded, with where they are written.
+fn statement_sources(statement: &Statement) -> Vec<(String, Span)> {
+    let words: Vec<&kiln_parser::ast::Word> =
+        if let Instruction::Copy(copy) = &statement.instruction {
+            copy.from.iter().collect()
+        } else if let Instruction::Run(run) = &statement.instruction {
+            run.mounts
+                .iter()
+                .filter_map(|mount| mount.from.as_ref())
+                .collect()
+        } else {
+            Vec::new()
+        };
+    words
+        .into_iter()
+        .map(|word| (word.text.clone(), word.span))
+        .collect()
 }
 
 fn stage_reference(planned: &[PlannedStage<'_>], name: &str) -> Option<usize> {
@@ -1768,16 +2204,6 @@ fn read_image_file(fs: &ContainerFs, path: &str) -> Option<String> {
     Some(text)
 }
 
-/// `--chmod` in octal (`755`, `0644`).
-fn parse_chmod(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text, 8)
-        .ok()
-        .filter(|mode| *mode <= 0o7777)
-        .ok_or_else(|| {
-            format!("invalid --chmod={text}: kiln supports octal modes (e.g. 0755) so far")
-        })
-}
-
 /// Whether a file starts like an archive ADD unpacks (tar, possibly compressed).
 fn is_archive(path: &Path) -> bool {
     let mut magic = [0u8; 262];
@@ -1838,29 +2264,63 @@ impl Build<'_> {
         let mode = request
             .chmod
             .as_deref()
-            .map(parse_chmod)
+            .map(Chmod::parse)
             .transpose()
-            .map_err(|message| BuildError::at(span, message))?;
-        let ownership = Ownership { uid, gid, mode };
+            .map_err(|error| BuildError::at(span, error))?;
+        let ownership = Ownership {
+            uid,
+            gid,
+            mode: mode.clone(),
+        };
+        let exclude = if request.excludes.is_empty() {
+            None
+        } else {
+            Some(
+                Matcher::parse(&request.excludes.join("\n"))
+                    .map_err(|error| BuildError::at(span, format!("invalid --exclude: {error}")))?,
+            )
+        };
         let heredoc_names: BTreeSet<String> = request
             .heredocs
             .iter()
             .map(|heredoc| heredoc.name.clone())
             .collect();
 
-        // Sources: heredocs, another stage or image, or the context.
-        enum Item {
-            Context(Source),
-            Heredoc(String, String),
-            Foreign(String),
-        }
+        // Where the sources come from: heredocs, a context (the build's, a named one, a git
+        // checkout), another stage or image, or downloads.
         let mut items = Vec::new();
         let mut inputs = BTreeMap::new();
         let mut several = request.sources.len() > 1;
-        let foreign = match &request.from {
-            Some(from) => Some(self.foreign_fs(store, stages, results, from, span)?),
-            None => None,
+        let mut foreign = None;
+        let mut named_context = None;
+        if let Some(from) = &request.from {
+            match self.options.named_contexts.get(&from.to_ascii_lowercase()) {
+                Some(NamedContext::Directory(context)) => named_context = Some(context),
+                Some(NamedContext::Image(reference)) => {
+                    foreign = Some(self.foreign_fs(store, stages, results, reference, span)?);
+                }
+                None => foreign = Some(self.foreign_fs(store, stages, results, from, span)?),
+            }
+        }
+        let context = named_context.unwrap_or(&self.options.context);
+        // Downloads and checkouts live as long as the step.
+        let mut fetched: Vec<tempfile::TempDir> = Vec::new();
+        let mut checkouts: Vec<Context> = Vec::new();
+        let fetch_dir = |fetched: &mut Vec<tempfile::TempDir>| -> Result<PathBuf, BuildError> {
+            let dir = tempfile::Builder::new()
+                .prefix("fetch-")
+                .tempdir_in(store.layout().tmp())
+                .map_err(|source| BuildError::at(span, source))?;
+            let path = dir.path().to_path_buf();
+            fetched.push(dir);
+            Ok(path)
         };
+        let checksum = request
+            .checksum
+            .as_deref()
+            .map(remote::parse_checksum)
+            .transpose()
+            .map_err(|error| BuildError::at(span, error))?;
         for source in &request.sources {
             if let Some(name) = source
                 .strip_prefix("<<")
@@ -1879,25 +2339,82 @@ impl Build<'_> {
                 items.push(Item::Heredoc(name.to_string(), heredoc.content.clone()));
                 continue;
             }
-            if let Some((_, _, key)) = &foreign {
-                if has_wildcards(source) {
-                    return Err(BuildError::at(
-                        span,
-                        format!(
-                            "{keyword} --from with wildcards ({source}) is not supported yet by kiln"
-                        ),
-                    ));
-                }
-                inputs.insert(format!("from:{source}"), key.to_string());
-                items.push(Item::Foreign(source.clone()));
+            if request.add && remote::is_git_url(source) {
+                let git = remote::GitSource::parse(source);
+                let dir = fetch_dir(&mut fetched)?;
+                let checkout = remote::clone(&git, &dir, request.keep_git_dir)
+                    .map_err(|error| BuildError::at(span, error))?;
+                inputs.insert(
+                    format!("git:{source}"),
+                    format!("{} keep={}", checkout.commit, request.keep_git_dir),
+                );
+                checkouts.push(Context::new(checkout.root, None));
+                items.push(Item::Checkout(checkouts.len() - 1));
                 continue;
             }
-            let matched = self
-                .options
-                .context
+            if request.add && remote::is_http_url(source) {
+                if let Some(checksum) = &checksum {
+                    // The checksum names the content: no download unless the step runs.
+                    inputs.insert(format!("url:{source}"), checksum.to_string());
+                    items.push(Item::Url(source.clone()));
+                    continue;
+                }
+                let dir = fetch_dir(&mut fetched)?;
+                let download = remote::download(source, &dir, checksum.as_ref())
+                    .map_err(|error| BuildError::at(span, error))?;
+                // The key is the content: a checksum given up front names the same thing.
+                inputs.insert(format!("url:{source}"), download.digest.to_string());
+                items.push(Item::Download(download));
+                continue;
+            }
+            if request.checksum.is_some() {
+                return Err(BuildError::at(
+                    span,
+                    "ADD --checksum can only be used with an http(s) URL source",
+                ));
+            }
+            if let Some((_, source_fs, key)) = &foreign {
+                inputs.insert(format!("from:{source}"), key.to_string());
+                let path = kiln_parser::path::clean(&format!("/{source}"));
+                let kept_from = parents_pivot(source);
+                if has_wildcards(&path) {
+                    let matched = foreign_matches(source_fs, &path)
+                        .map_err(|error| BuildError::at(span, error))?;
+                    several |= matched.len() > 1;
+                    if matched.is_empty() && request.sources.len() == 1 {
+                        return Err(BuildError::at(
+                            span,
+                            format!(
+                                "failed to compute cache key: no source files match \"{source}\""
+                            ),
+                        ));
+                    }
+                    let base = wildcard_base(&path);
+                    for matched in matched {
+                        if exclude
+                            .as_ref()
+                            .is_some_and(|exclude| exclude.matches(relative_to(&matched, &base)))
+                        {
+                            continue;
+                        }
+                        let kept = request
+                            .parents
+                            .then(|| relative_to(&matched, &kept_from).to_string());
+                        items.push(Item::Foreign(matched, kept));
+                    }
+                } else {
+                    let kept = request
+                        .parents
+                        .then(|| relative_to(&path, &kept_from).to_string());
+                    items.push(Item::Foreign(path, kept));
+                }
+                continue;
+            }
+            let matched = context
                 .sources(source)
                 .map_err(|error| context_error(span, &keyword, source, error))?;
-            if has_wildcards(source) {
+            let wildcard = has_wildcards(source);
+            if wildcard {
                 several |= matched.len() > 1;
                 if matched.is_empty() && request.sources.len() == 1 {
                     return Err(BuildError::at(
@@ -1906,11 +2423,20 @@ impl Build<'_> {
                     ));
                 }
             }
+            let cleaned = kiln_parser::path::clean(&format!("/{source}"));
+            let base = wildcard_base(&cleaned);
+            let kept_from = parents_pivot(source);
             for matched in matched {
-                let digest = self
-                    .options
-                    .context
-                    .digest(&matched, &mut inputs)
+                let absolute = format!("/{}", matched.relative);
+                if wildcard
+                    && exclude
+                        .as_ref()
+                        .is_some_and(|exclude| exclude.matches(relative_to(&absolute, &base)))
+                {
+                    continue;
+                }
+                let digest = context
+                    .digest(&matched, exclude.as_ref(), &mut inputs)
                     .map_err(|error| context_error(span, &keyword, source, error))?;
                 inputs.insert(
                     format!(
@@ -1920,8 +2446,14 @@ impl Build<'_> {
                     ),
                     digest.to_string(),
                 );
-                items.push(Item::Context(matched));
+                let kept = request
+                    .parents
+                    .then(|| relative_to(&absolute, &kept_from).to_string());
+                items.push(Item::Context(matched, kept));
             }
+        }
+        if request.parents {
+            several = true;
         }
         if several && !dest_is_dir_syntax {
             return Err(BuildError::at(
@@ -1937,8 +2469,11 @@ impl Build<'_> {
             "destination": destination,
             "dirSyntax": dest_is_dir_syntax,
             "owner": [uid, gid],
-            "mode": mode,
+            "chmod": request.chmod,
             "unpack": request.add,
+            "parents": request.parents,
+            "exclude": request.excludes,
+            "keepGitDir": request.keep_git_dir,
             "clamp": self.options.source_date_epoch,
         });
         let created_by = format!("{keyword} {} # buildkit", statement.original.trim());
@@ -1950,7 +2485,6 @@ impl Build<'_> {
         };
         let clamp = self.options.source_date_epoch;
         let mtime = clamp.unwrap_or(0).max(0) as u64;
-        let context = &self.options.context;
         self.cached_or(store, state, step_def, step, no_cache, |store, work| {
             let fs = ContainerFs::over_layers(store, work.join("upper"), &state.layers);
             let at = |error: ChangesError| BuildError::at(span, error);
@@ -1987,20 +2521,31 @@ impl Build<'_> {
                 )
                 .map_err(at)
             };
-            let (parent, file_name) = split_destination(&destination);
+            // Where an entry goes: `--parents` keeps its path under the destination.
+            let placement = |kept: &Option<String>, base: &str| -> (String, String) {
+                match kept {
+                    Some(kept) if !kept.is_empty() => {
+                        let (parent, name) = split_destination(&format!("/{kept}"));
+                        (
+                            kiln_parser::path::clean(&format!("{destination}/{parent}")),
+                            name,
+                        )
+                    }
+                    _ if into_dir => (destination.clone(), base.to_string()),
+                    _ => split_destination(&destination),
+                }
+            };
             for item in &items {
                 match item {
                     Item::Heredoc(name, content) => {
-                        let (directory, entry) = if into_dir {
-                            (destination.clone(), name.clone())
-                        } else {
-                            (parent.clone(), file_name.clone())
-                        };
+                        let (directory, entry) = placement(&None, name);
+                        let file_mode =
+                            mode.as_ref().map_or(0o644, |mode| mode.apply(0o644, false));
                         copy_archive(&directory, &mut |archive| {
                             let mut header = tar::Header::new_gnu();
                             header.set_entry_type(tar::EntryType::Regular);
                             header.set_size(content.len() as u64);
-                            header.set_mode(mode.unwrap_or(0o644));
+                            header.set_mode(file_mode);
                             header.set_uid(u64::from(uid));
                             header.set_gid(u64::from(gid));
                             header.set_mtime(mtime);
@@ -2009,16 +2554,76 @@ impl Build<'_> {
                                 .map_err(|source| BuildError::at(span, source))
                         })?;
                     }
-                    Item::Context(source) => {
-                        if source.is_dir {
+                    Item::Download(_) | Item::Url(_) => {
+                        let late;
+                        let download = match item {
+                            Item::Url(url) => {
+                                late = remote::download(url, &spool_dir, checksum.as_ref())
+                                    .map_err(|error| BuildError::at(span, error))?;
+                                &late
+                            }
+                            Item::Download(download) => download,
+                            Item::Heredoc(..)
+                            | Item::Checkout(_)
+                            | Item::Context(..)
+                            | Item::Foreign(..) => continue,
+                        };
+                        let (directory, entry) = placement(&None, &download.file_name);
+                        // Docker gives downloaded files mode 0600.
+                        let file_mode =
+                            mode.as_ref().map_or(0o600, |mode| mode.apply(0o600, false));
+                        let file_mtime = download.mtime.map_or(mtime, |time| {
+                            clamp.map_or(time, |clamp| time.min(clamp)).max(0) as u64
+                        });
+                        copy_archive(&directory, &mut |archive| {
+                            let file = fs::File::open(&download.path)
+                                .map_err(|source| BuildError::at(span, source))?;
+                            let size = file
+                                .metadata()
+                                .map_err(|source| BuildError::at(span, source))?
+                                .len();
+                            let mut header = tar::Header::new_gnu();
+                            header.set_entry_type(tar::EntryType::Regular);
+                            header.set_size(size);
+                            header.set_mode(file_mode);
+                            header.set_uid(u64::from(uid));
+                            header.set_gid(u64::from(gid));
+                            header.set_mtime(file_mtime);
+                            archive
+                                .append_data(&mut header, &entry, file)
+                                .map_err(|source| BuildError::at(span, source))
+                        })?;
+                    }
+                    Item::Checkout(index) => {
+                        let checkout = &checkouts[*index];
+                        let root = Source {
+                            relative: String::new(),
+                            host: checkout.root().to_path_buf(),
+                            is_dir: true,
+                        };
+                        copy_archive(&destination, &mut |archive| {
+                            checkout
+                                .append(&root, "", &ownership, clamp, exclude.as_ref(), archive)
+                                .map_err(|error| context_error(span, &keyword, "", error))
+                        })?;
+                    }
+                    Item::Context(source, kept) => {
+                        if source.is_dir && kept.as_deref().is_none_or(str::is_empty) {
                             copy_archive(&destination, &mut |archive| {
                                 context
-                                    .append(source, "", &ownership, clamp, archive)
+                                    .append(
+                                        source,
+                                        "",
+                                        &ownership,
+                                        clamp,
+                                        exclude.as_ref(),
+                                        archive,
+                                    )
                                     .map_err(|error| {
                                         context_error(span, &keyword, &source.relative, error)
                                     })
                             })?;
-                        } else if request.add && is_archive(&source.host) {
+                        } else if request.add && kept.is_none() && is_archive(&source.host) {
                             fs.make_dirs(&destination, uid, gid, mtime).map_err(at)?;
                             let file = fs::File::open(&source.host).map_err(|error| {
                                 BuildError::at(span, format!("{}: {error}", source.relative))
@@ -2045,21 +2650,24 @@ impl Build<'_> {
                                 .next()
                                 .unwrap_or(&source.relative)
                                 .to_string();
-                            let (directory, entry) = if into_dir {
-                                (destination.clone(), base)
-                            } else {
-                                (parent.clone(), file_name.clone())
-                            };
+                            let (directory, entry) = placement(kept, &base);
                             copy_archive(&directory, &mut |archive| {
                                 context
-                                    .append(source, &entry, &ownership, clamp, archive)
+                                    .append(
+                                        source,
+                                        &entry,
+                                        &ownership,
+                                        clamp,
+                                        exclude.as_ref(),
+                                        archive,
+                                    )
                                     .map_err(|error| {
                                         context_error(span, &keyword, &source.relative, error)
                                     })
                             })?;
                         }
                     }
-                    Item::Foreign(path) => {
+                    Item::Foreign(path, kept) => {
                         let (_, source_fs, _) = foreign
                             .as_ref()
                             .ok_or_else(|| BuildError::at(span, "no source stage"))?;
@@ -2093,20 +2701,18 @@ impl Build<'_> {
                             .next()
                             .unwrap_or("")
                             .to_string();
-                        let (directory, entry) = if is_dir || into_dir {
-                            (
-                                destination.clone(),
-                                if is_dir { String::new() } else { base },
-                            )
-                        } else {
-                            (parent.clone(), file_name.clone())
+                        let (directory, entry) = match kept {
+                            Some(kept) if !kept.is_empty() => placement(&Some(kept.clone()), &base),
+                            _ if is_dir => (destination.clone(), String::new()),
+                            _ => placement(&None, &base),
                         };
                         copy_archive(&directory, &mut |archive| {
                             rename_entries(
                                 &mut exported,
                                 &entry,
                                 request.chown.is_some().then_some((uid, gid)),
-                                mode,
+                                mode.as_ref(),
+                                exclude.as_ref(),
                                 archive,
                             )
                             .map_err(|source| {
@@ -2118,6 +2724,25 @@ impl Build<'_> {
             }
             Ok(())
         })
+    }
+
+    /// What a RUN mount's `from=` names: a named local context, or the file system of a named
+    /// image context, an earlier stage or a stored image (with its key).
+    fn mount_source(
+        &self,
+        store: &Store,
+        stages: &[PlannedStage<'_>],
+        results: &Mutex<HashMap<usize, State>>,
+        from: &str,
+        span: Span,
+    ) -> Result<MountSource<'_>, BuildError> {
+        let reference = match self.options.named_contexts.get(&from.to_ascii_lowercase()) {
+            Some(NamedContext::Directory(context)) => return Ok(MountSource::Context(context)),
+            Some(NamedContext::Image(reference)) => reference.as_str(),
+            None => from,
+        };
+        let (view, fs, key) = self.foreign_fs(store, stages, results, reference, span)?;
+        Ok(MountSource::Filesystem(view, fs, key))
     }
 
     /// The file system `COPY --from` reads: an earlier stage's result or a stored image; and
@@ -2157,6 +2782,119 @@ impl Build<'_> {
     }
 }
 
+/// The part of an absolute, clean `path` below `base` (`/a/b/c` below `/a` is `b/c`); the
+/// whole path without its `/` when it is not below `base`.
+fn relative_to<'p>(path: &'p str, base: &str) -> &'p str {
+    let base = base.trim_end_matches('/');
+    path.strip_prefix(base)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        .unwrap_or(path)
+        .trim_start_matches('/')
+}
+
+/// The directory a wildcard pattern's matches are relative to, for `--exclude`: its
+/// components before the first one with wildcards (`/src/*/x` → `/src`).
+fn wildcard_base(pattern: &str) -> String {
+    let literal: Vec<&str> = pattern
+        .split('/')
+        .take_while(|component| !has_wildcards(component))
+        .collect();
+    let base = literal.join("/");
+    if base.is_empty() {
+        "/".to_string()
+    } else {
+        base
+    }
+}
+
+/// What `COPY --parents` keeps of a source's path: everything below the last `/./` pivot
+/// (`a/./b/c` keeps `b/c`), else the whole path from the root. Returns the absolute, clean
+/// directory the kept path is relative to.
+fn parents_pivot(source: &str) -> String {
+    match source.rfind("/./") {
+        Some(at) => kiln_parser::path::clean(&format!("/{}", &source[..at])),
+        None => "/".to_string(),
+    }
+}
+
+/// The absolute paths of another stage's file system that a wildcard `pattern` (absolute,
+/// clean) matches, sorted; symlinked directories are followed inside the view.
+fn foreign_matches(fs: &ContainerFs, pattern: &str) -> Result<Vec<String>, String> {
+    let mut current = vec!["/".to_string()];
+    let components: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+    for (index, component) in components.iter().enumerate() {
+        let last = index + 1 == components.len();
+        let mut next = Vec::new();
+        for dir in &current {
+            let join = |name: &str| {
+                if dir == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{dir}/{name}")
+                }
+            };
+            if !has_wildcards(component) {
+                let path = join(component);
+                let kind = fs.kind(&path).map_err(|error| error.to_string())?;
+                if kind != PathKind::Missing && (last || kind == PathKind::Directory) {
+                    next.push(path);
+                }
+                continue;
+            }
+            let names = match fs.read_dir(dir) {
+                Ok(names) => names,
+                Err(ChangesError::NotFound(_) | ChangesError::NotADirectory(_)) => continue,
+                Err(error) => return Err(error.to_string()),
+            };
+            for name in names {
+                let name = name.to_string_lossy();
+                if !glob_match(component, &name).map_err(|error| error.to_string())? {
+                    continue;
+                }
+                let path = join(&name);
+                if last || fs.kind(&path).map_err(|error| error.to_string())? == PathKind::Directory
+                {
+                    next.push(path);
+                }
+            }
+        }
+        current = next;
+    }
+    current.sort();
+    Ok(current)
+}
+
+/// Copies a local context's `source` directory's content into `directory` (a new cache
+/// mount seeded `from=` a named context).
+fn seed_from_context(context: &Context, source: &str, directory: &Path) -> Result<(), String> {
+    let found = context
+        .sources(source)
+        .map_err(|error| error.to_string())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{source:?}: not found"))?;
+    if !found.is_dir {
+        return Err(format!("cache mount source {source:?} is not a directory"));
+    }
+    let mut spool = tempfile::tempfile().map_err(|error| error.to_string())?;
+    {
+        let mut archive = tar::Builder::new(&mut spool);
+        context
+            .append(&found, "", &Ownership::default(), None, None, &mut archive)
+            .map_err(|error| error.to_string())?;
+        archive.finish().map_err(|error| error.to_string())?;
+    }
+    use std::io::Seek;
+    spool.rewind().map_err(|error| error.to_string())?;
+    kiln_cache::layer::apply_layer(
+        directory,
+        spool,
+        &kiln_cache::layer::ApplyOptions::new(kiln_cache::layer::Whiteouts::Apply),
+    )
+    .map(drop)
+    .map_err(|error| error.to_string())
+}
+
 /// `/a/b/c` → (`/a/b`, `c`).
 fn split_destination(destination: &str) -> (String, String) {
     let trimmed = destination.trim_end_matches('/');
@@ -2181,7 +2919,8 @@ fn rename_entries(
     exported: &mut fs::File,
     name: &str,
     owner: Option<(u32, u32)>,
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
+    exclude: Option<&Matcher>,
     out: &mut tar::Builder<&mut fs::File>,
 ) -> io::Result<()> {
     let mut archive = tar::Archive::new(exported);
@@ -2199,6 +2938,9 @@ fn rename_entries(
             .unwrap_or(&path)
             .trim_start_matches('/')
             .to_string();
+        if !rest.is_empty() && exclude.is_some_and(|exclude| exclude.matches(&rest)) {
+            continue;
+        }
         let new_name = match (name.is_empty(), rest.is_empty()) {
             (true, true) => continue,
             (true, false) => rest,
@@ -2210,8 +2952,11 @@ fn rename_entries(
             header.set_uid(u64::from(uid));
             header.set_gid(u64::from(gid));
         }
-        if let Some(mode) = mode {
-            header.set_mode(mode);
+        if let Some(mode) = mode
+            && header.entry_type() != tar::EntryType::Symlink
+        {
+            let own = header.mode()? & 0o7777;
+            header.set_mode(mode.apply(own, header.entry_type() == tar::EntryType::Directory));
         }
         match header.entry_type() {
             tar::EntryType::Symlink | tar::EntryType::Link => {
@@ -2265,6 +3010,7 @@ fn context_error(span: Span, keyword: &str, source: &str, error: ContextError) -
             exit_code: None,
         },
         other @ (ContextError::NoSources
+        | ContextError::Archive(_)
         | ContextError::BadPattern(_)
         | ContextError::SymlinkLoop(_)
         | ContextError::Io { .. }) => BuildError::at(span, other),
@@ -2289,11 +3035,14 @@ mod tests {
     }
 
     #[test]
-    fn chmod_is_octal() {
-        assert_eq!(parse_chmod("755"), Ok(0o755));
-        assert_eq!(parse_chmod("0644"), Ok(0o644));
-        assert!(parse_chmod("u+x").is_err());
-        assert!(parse_chmod("99999").is_err());
+    fn parents_keep_the_path_below_the_pivot() {
+        assert_eq!(parents_pivot("a/b/c"), "/");
+        assert_eq!(parents_pivot("./a/./b/c"), "/a");
+        assert_eq!(relative_to("/a/b/c", "/a"), "b/c");
+        assert_eq!(relative_to("/a/b/c", "/"), "a/b/c");
+        assert_eq!(relative_to("/ab/c", "/a"), "ab/c");
+        assert_eq!(wildcard_base("/src/*/x"), "/src");
+        assert_eq!(wildcard_base("/*.rs"), "/");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use kiln_cache::digest::{Digest, DigestWriter};
 use sha2::{Digest as _, Sha256};
 
+use crate::chmod::Chmod;
 use crate::ignore::Matcher;
 
 /// How many symlinks one source resolution follows (Linux's `MAXSYMLINKS`).
@@ -43,6 +44,35 @@ pub enum ContextError {
         #[source]
         source: io::Error,
     },
+    #[error("unpacking the build context archive: {0}")]
+    Archive(#[source] kiln_cache::layer::LayerError),
+}
+
+/// Whether `magic` (the first bytes of a stream, up to 512) starts a tar archive, plain or
+/// compressed (gzip, bzip2, xz, zstd), as `docker build -` tells a context archive from a
+/// Dockerfile.
+pub fn is_archive_start(magic: &[u8]) -> bool {
+    magic.starts_with(&[0x1f, 0x8b])
+        || magic.starts_with(b"BZh")
+        || magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (magic.len() >= 262 && &magic[257..262] == b"ustar")
+}
+
+/// Unpacks a context archive (tar, possibly compressed) into `directory`, with the store's
+/// hostile-archive rules: nothing lands outside `directory`, whatever the entry names and
+/// links say. Owners are not kept (a context's files are read, not owned).
+pub fn unpack_archive(reader: impl Read, directory: &Path) -> Result<(), ContextError> {
+    let tar = kiln_cache::layer::decompress(reader).map_err(ContextError::Archive)?;
+    let options = kiln_cache::layer::ApplyOptions {
+        whiteouts: kiln_cache::layer::Whiteouts::Apply,
+        preserve_ownership: false,
+        devices: kiln_cache::layer::DeviceNodes::Skip,
+        xattrs: false,
+    };
+    kiln_cache::layer::apply_layer(directory, tar, &options)
+        .map(drop)
+        .map_err(ContextError::Archive)
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
@@ -78,12 +108,12 @@ pub struct Source {
 }
 
 /// Owner and mode changes applied to copied entries (`--chown`, `--chmod`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Ownership {
     pub uid: u32,
     pub gid: u32,
-    /// Permission bits for every copied file and directory.
-    pub mode: Option<u32>,
+    /// The mode change for every copied file and directory.
+    pub mode: Option<Chmod>,
 }
 
 impl Context {
@@ -230,14 +260,20 @@ impl Context {
         })
     }
 
-    /// The entries of a directory source, recursively, sorted, without excluded ones:
-    /// (path relative to the source, host path, metadata). Symlinks are not followed.
+    /// The entries of a directory source, recursively, sorted, without excluded ones (by the
+    /// `.dockerignore`, or by `exclude`, `--exclude` patterns matched against the path relative
+    /// to the source): (path relative to the source, host path, metadata). Symlinks are not
+    /// followed.
     fn entries(
         &self,
         source: &Source,
+        exclude: Option<&Matcher>,
     ) -> Result<Vec<(String, PathBuf, fs::Metadata)>, ContextError> {
         let mut out = Vec::new();
         self.collect(&source.host, &source.relative, "", &mut out)?;
+        if let Some(exclude) = exclude {
+            out.retain(|(relative, _, _)| !exclude.matches(relative));
+        }
         Ok(out)
     }
 
@@ -323,6 +359,7 @@ impl Context {
     pub fn digest(
         &self,
         source: &Source,
+        exclude: Option<&Matcher>,
         inputs: &mut BTreeMap<String, String>,
     ) -> Result<Digest, ContextError> {
         let mut hasher = Sha256::new();
@@ -354,7 +391,7 @@ impl Context {
         let metadata = fs::metadata(&source.host).map_err(io_at(&source.host))?;
         record("", &source.host, &metadata)?;
         if source.is_dir {
-            for (relative, host, metadata) in self.entries(source)? {
+            for (relative, host, metadata) in self.entries(source, exclude)? {
                 record(&relative, &host, &metadata)?;
             }
         }
@@ -370,13 +407,18 @@ impl Context {
         name: &str,
         ownership: &Ownership,
         clamp: Option<i64>,
+        exclude: Option<&Matcher>,
         archive: &mut tar::Builder<impl Write>,
     ) -> Result<(), ContextError> {
         let metadata = fs::metadata(&source.host).map_err(io_at(&source.host))?;
         if !source.is_dir {
             return append_entry(archive, name, &source.host, &metadata, ownership, clamp);
         }
-        for (relative, host, metadata) in self.entries(source)? {
+        if !name.is_empty() {
+            // The directory itself (`--parents`, or a named directory), then its content.
+            append_entry(archive, name, &source.host, &metadata, ownership, clamp)?;
+        }
+        for (relative, host, metadata) in self.entries(source, exclude)? {
             let entry_name = if name.is_empty() {
                 relative
             } else {
@@ -404,9 +446,11 @@ fn append_entry(
     let mtime = metadata.mtime().max(0);
     let mtime = clamp.map_or(mtime, |clamp| mtime.min(clamp.max(0)));
     header.set_mtime(mtime as u64);
-    let mode = ownership
-        .mode
-        .unwrap_or(metadata.permissions().mode() & 0o7777);
+    let own_mode = metadata.permissions().mode() & 0o7777;
+    let mode = match &ownership.mode {
+        Some(chmod) if !kind.is_symlink() => chmod.apply(own_mode, kind.is_dir()),
+        _ => own_mode,
+    };
     header.set_mode(mode);
     let output = |error| ContextError::Io {
         path: host.to_path_buf(),
@@ -651,7 +695,7 @@ mod tests {
         fs::write(root.join("d/f"), "one").unwrap();
         let digest = |context: &Context| {
             let source = context.sources("d").unwrap().remove(0);
-            context.digest(&source, &mut BTreeMap::new()).unwrap()
+            context.digest(&source, None, &mut BTreeMap::new()).unwrap()
         };
         let first = digest(&Context::new(root, None));
         let file = fs::File::options()

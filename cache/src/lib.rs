@@ -16,4 +16,5 @@ pub mod layout;
 pub mod reference;
 pub mod store;
 pub mod units;
+pub mod variant;
 pub mod volume;

@@ -63,6 +63,12 @@ pub enum StoreError {
     Ambiguous { reference: String, count: usize },
     #[error("image {image} references snapshot {chain_id}, which is not in the store")]
     MissingSnapshot { image: Digest, chain_id: Digest },
+    #[error("layer blob {blob} does not hold layer {expected} (its content is {actual})")]
+    DiffIdMismatch {
+        blob: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -202,6 +208,7 @@ impl Store {
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.execute_batch(SCHEMA)?;
         db.execute_batch(crate::buildcache::SCHEMA)?;
+        db.execute_batch(crate::variant::SCHEMA)?;
         let version: Option<i64> = db
             .query_row("SELECT version FROM schema_version", [], |row| row.get(0))
             .optional()?;
@@ -537,10 +544,14 @@ impl Store {
              AND chain_id NOT IN (SELECT chain_id FROM build_cache_layers)",
             [],
         )?;
+        transaction.execute(
+            "DELETE FROM layer_variants WHERE diff_id NOT IN (SELECT diff_id FROM snapshots)",
+            [],
+        )?;
         let referenced: std::collections::BTreeSet<String> = {
             let mut statement = transaction.prepare(
                 "SELECT id FROM images UNION SELECT manifest FROM images UNION SELECT blob FROM snapshots
-                 UNION SELECT config FROM build_cache",
+                 UNION SELECT config FROM build_cache UNION SELECT blob FROM layer_variants",
             )?;
             statement
                 .query_map([], |row| row.get::<_, String>(0))?

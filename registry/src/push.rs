@@ -3,10 +3,12 @@
 //! Blobs the repository has already are skipped (`HEAD`); a blob another repository of the same
 //! registry holds (one the image was pulled from or pushed to before, by its recorded
 //! references) is mounted instead of uploaded; the rest is streamed from the store (verified as
-//! it is read) in one `PUT` or in `PATCH` chunks. The manifest goes last, byte for byte as the
-//! store has it when it describes the stored layers, so the image keeps its manifest digest;
-//! otherwise (a layer kept from an earlier copy of the same content) an OCI manifest of the
-//! stored blobs is written with sorted keys. The pushed digest is recorded as a repo digest.
+//! it is read) in one `PUT` or in `PATCH` chunks. Layers stored uncompressed go out
+//! gzip-compressed (a variant made once and kept by the store). The manifest goes last, byte for
+//! byte as the store has it when it describes the blobs that go out, so a pulled image keeps its
+//! manifest digest; otherwise (a built image, or a layer kept from an earlier copy of the same
+//! content) an OCI manifest of those blobs is written with sorted keys. The pushed digest is
+//! recorded as a repo digest.
 
 use kiln_cache::blob::BlobError;
 use kiln_cache::digest::Digest;
@@ -32,8 +34,17 @@ pub struct Pushed {
     pub size: u64,
 }
 
-/// The manifest to push for an image: the stored one when it describes the stored blobs.
+/// The manifest to push for an image: the stored one when it describes the blobs that go out,
+/// else an OCI manifest (sorted keys) of them. Layers stored uncompressed (what `kiln build`
+/// makes) go out gzip-compressed, as `docker push` sends them: their compressed variant is made
+/// once and kept by the store ([`Store::layer_blob`]), so the same image always pushes the same
+/// manifest digest.
 fn manifest_of(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, String), RegistryError> {
+    let outgoing = image
+        .layers
+        .iter()
+        .map(|layer| store.layer_blob(layer, Compression::Gzip))
+        .collect::<Result<Vec<_>, _>>()?;
     let bytes = store.blobs().read(&image.manifest)?;
     if let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes)
         && manifest.config.digest == image.id
@@ -41,7 +52,7 @@ fn manifest_of(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, String), 
             .layers
             .iter()
             .map(|layer| layer.digest)
-            .eq(image.layers.iter().map(|layer| layer.blob))
+            .eq(outgoing.iter().map(|layer| layer.digest))
     {
         let media_type = manifest
             .media_type
@@ -50,15 +61,14 @@ fn manifest_of(store: &Store, image: &ImageRecord) -> Result<(Vec<u8>, String), 
         return Ok((bytes, media_type));
     }
     let config_size = store.blobs().size(&image.id)?;
-    let layers = image
-        .layers
+    let layers = outgoing
         .iter()
         .map(|layer| {
             let media_type = Compression::from_media_type(&layer.media_type)
                 .map_or(layer.media_type.as_str(), |compression| {
                     compression.media_type()
                 });
-            Descriptor::new(media_type, layer.blob, layer.blob_size)
+            Descriptor::new(media_type, layer.digest, layer.size)
         })
         .collect();
     let manifest = Manifest::oci(
@@ -99,6 +109,8 @@ pub fn push(
         .lookup_reference(&reference.to_string())?
         .ok_or_else(|| RegistryError::NoSuchImage(reference.familiar()))?;
     let image = store.image(&id)?;
+    // Garbage collection waits while blobs are read (and compressed variants made).
+    let _ingest = store.ingest()?;
     let (manifest_bytes, media_type) = manifest_of(store, &image)?;
     let manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(|source| RegistryError::Json {

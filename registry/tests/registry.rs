@@ -561,3 +561,85 @@ fn verified_blobs_left_by_an_interrupted_pull_are_unpacked_not_downloaded() {
         b"downloaded before the interruption"
     );
 }
+
+#[test]
+fn an_uncompressed_layer_goes_out_gzip_compressed_and_is_compressed_once() {
+    let Some(server) = RegistryServer::start(false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = connect(&server, dir.path());
+    let mut source = store(dir.path(), "source");
+    let name = reference(&server, "built:v1");
+    // What `kiln build` stores: the layer blob is the tar itself.
+    let options = kiln_cache::import::ImportOptions {
+        reference: Some(name.clone().with_default_tag()),
+        source: "-".to_string(),
+        created: Some("2024-01-01T00:00:00Z".to_string()),
+        compression: kiln_cache::layer::Compression::None,
+        ..Default::default()
+    };
+    let content: &[u8] = b"plain layer content\n";
+    let id = kiln_cache::import::import_rootfs(
+        &mut source,
+        &layer_tar(&[("etc/plain", content)])[..],
+        &options,
+    )
+    .unwrap();
+    let stored = source.image(&id).unwrap().layers[0].clone();
+    assert_eq!(stored.blob, stored.diff_id, "stored uncompressed");
+
+    let pushed = kiln_registry::push(&source, &registry, &name, &kiln_registry::Silent).unwrap();
+    let variant = {
+        let _lock = source.ingest().unwrap();
+        source
+            .layer_blob(&stored, kiln_cache::layer::Compression::Gzip)
+            .unwrap()
+    };
+    assert_ne!(variant.digest, stored.diff_id);
+    assert_eq!(
+        variant.media_type,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    // The variant's bytes are gzip of the layer.
+    let compressed = source.blobs().read(&variant.digest).unwrap();
+    assert_eq!(&compressed[..2], &[0x1f, 0x8b]);
+
+    // A second push sends the same manifest and finds the compressed layer in place.
+    let progress = Recorded::default();
+    let again = kiln_registry::push(&source, &registry, &name, &progress).unwrap();
+    assert_eq!(again.digest, pushed.digest);
+    assert!(
+        progress
+            .events()
+            .contains(&Event::LayerPresent(variant.digest))
+    );
+
+    // Another store pulls the same image (same ID), with the compressed layer.
+    let mut fresh = store(dir.path(), "fresh");
+    let pulled = kiln_registry::pull(
+        &mut fresh,
+        &registry,
+        &name,
+        &PullOptions::default(),
+        &kiln_registry::Silent,
+    )
+    .unwrap();
+    assert_eq!(pulled.id, id);
+    assert_eq!(pulled.digest, pushed.digest);
+    let image = fresh.image(&id).unwrap();
+    assert_eq!(image.layers[0].blob, variant.digest);
+    assert_eq!(
+        snapshot_file(&fresh, &image.layers[0].chain_id, "etc/plain"),
+        content
+    );
+
+    // The variant lives as long as the layer: kept by garbage collection while the image is
+    // there, removed with it.
+    source.collect_garbage().unwrap();
+    assert!(source.blobs().contains(&variant.digest));
+    source.remove(&name.to_string(), true).unwrap();
+    source.collect_garbage().unwrap();
+    assert!(!source.blobs().contains(&variant.digest));
+    assert!(!source.blobs().contains(&stored.blob));
+}

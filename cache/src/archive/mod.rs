@@ -31,7 +31,7 @@ use std::io;
 use std::sync::Arc;
 
 pub use load::{LoadOptions, LoadedImage, load, load_layout};
-pub use save::{SavePlan, plan_save};
+pub use save::{SavePlan, plan_save, plan_save_image};
 
 use crate::blob::BlobError;
 use crate::digest::Digest;

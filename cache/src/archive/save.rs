@@ -33,11 +33,29 @@ pub fn plan_save(store: &Store, names: &[String]) -> Result<SavePlan, ArchiveErr
             chosen.entry(id).or_default().extend(tags);
         }
     }
+    plan_chosen(store, &chosen)
+}
+
+/// Plans an archive of one image by ID, named by `tags` in the archive only (they need not be
+/// tags in the store): what `kiln build -o type=oci|docker,name=...` writes.
+pub fn plan_save_image(
+    store: &Store,
+    id: &Digest,
+    tags: &[Reference],
+) -> Result<SavePlan, ArchiveError> {
+    let chosen = BTreeMap::from([(*id, tags.iter().cloned().collect::<BTreeSet<_>>())]);
+    plan_chosen(store, &chosen)
+}
+
+fn plan_chosen(
+    store: &Store,
+    chosen: &BTreeMap<Digest, BTreeSet<Reference>>,
+) -> Result<SavePlan, ArchiveError> {
     let mut blobs = BTreeMap::new();
     let mut items = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut descriptors = Vec::new();
-    for (id, tags) in &chosen {
+    for (id, tags) in chosen {
         let record = store.image(id)?;
         let manifest_bytes = store.blobs().read(&record.manifest)?;
         let manifest: Manifest =

@@ -2,15 +2,16 @@
 //! rendering, errors pointing at the Dockerfile).
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kiln_builder::build::{
-    BuildError, BuildNetwork, BuildOptions, Event, Progress, Sandbox, build,
+    BuildError, BuildNetwork, BuildOptions, Event, NamedContext, Progress, Sandbox, build,
 };
-use kiln_builder::context::Context;
+use kiln_builder::context::{self, Context};
+use kiln_builder::export::{self, Destination, Output};
 use kiln_builder::ignore;
 use kiln_cache::buildcache::PruneOptions;
 use kiln_cache::layer::Compression;
@@ -72,7 +73,16 @@ pub struct BuildArgs {
     /// Accepted for compatibility: kiln never leaves intermediate containers
     #[arg(long = "force-rm")]
     force_rm: bool,
-    /// The build context: a directory, or `-` to read a Dockerfile from stdin (no context)
+    /// Output destination: type=image|local|tar|oci|docker[,dest=PATH|-][,name=NAME], or DIR
+    /// (local) or - (tar to stdout)
+    #[arg(short = 'o', long = "output", value_name = "OUTPUT")]
+    output: Option<String>,
+    /// Additional build contexts: NAME=DIR, NAME=docker-image://REF or NAME=oci-layout://DIR
+    /// (repeatable)
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+    /// The build context: a directory, a tar archive (plain or compressed), or `-` to read a
+    /// context archive or a Dockerfile (no context) from stdin
     context: String,
 }
 
@@ -158,9 +168,38 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         }
     }
     let quiet = args.quiet || args.progress == "quiet";
+    let export = match args.output.as_deref().map(Output::parse).transpose() {
+        Ok(export) => export.unwrap_or(Output::Image),
+        Err(error) => return output::error_of(&error),
+    };
     // The context and the Dockerfile.
-    let (context_dir, dockerfile_path, stdin_dockerfile) = if args.context == "-" {
-        (None, None, true)
+    // A context archive (on stdin or as a file) is unpacked into a temporary directory.
+    let unpacked = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(error) => return output::error(format!("creating a context directory: {error}")),
+    };
+    let mut stdin_text = None;
+    let context_dir = if args.context == "-" {
+        let mut stdin = std::io::stdin().lock();
+        let mut magic = Vec::with_capacity(512);
+        if let Err(error) = (&mut stdin).take(512).read_to_end(&mut magic) {
+            return output::error(format!("reading stdin: {error}"));
+        }
+        if context::is_archive_start(&magic) {
+            if let Err(error) =
+                context::unpack_archive(magic.as_slice().chain(stdin), unpacked.path())
+            {
+                return output::error_of(&error);
+            }
+            Some(unpacked.path().to_path_buf())
+        } else {
+            let mut text = String::from_utf8_lossy(&magic).to_string();
+            if let Err(error) = stdin.read_to_string(&mut text) {
+                return output::error(format!("reading the Dockerfile from stdin: {error}"));
+            }
+            stdin_text = Some(text);
+            None
+        }
     } else {
         let dir = PathBuf::from(&args.context);
         if args.context.contains("://") || args.context.starts_with("git@") {
@@ -169,27 +208,48 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
                 args.context
             ));
         }
-        if !dir.is_dir() {
+        if dir.is_file() {
+            let unpack = std::fs::File::open(&dir)
+                .map_err(|error| format!("{}: {error}", args.context))
+                .and_then(|file| {
+                    context::unpack_archive(file, unpacked.path()).map_err(|error| {
+                        format!("unable to prepare context: {}: {error}", args.context)
+                    })
+                });
+            if let Err(message) = unpack {
+                return output::error(message);
+            }
+            Some(unpacked.path().to_path_buf())
+        } else if dir.is_dir() {
+            Some(dir)
+        } else {
             return output::error(format!(
                 "unable to prepare context: path {:?} not found or not a directory",
                 args.context
             ));
         }
-        let file = args.file.clone().unwrap_or_else(|| dir.join("Dockerfile"));
-        let stdin = file == Path::new("-");
-        (Some(dir), (!stdin).then_some(file), stdin)
     };
-    let (name, text) = if stdin_dockerfile {
-        let mut text = String::new();
-        if let Err(error) = std::io::stdin().read_to_string(&mut text) {
-            return output::error(format!("reading the Dockerfile from stdin: {error}"));
-        }
-        ("Dockerfile".to_string(), text)
-    } else {
-        let path = dockerfile_path.clone().unwrap_or_default();
-        match super::read_dockerfile(&path) {
+    let from_archive = context_dir.as_deref() == Some(unpacked.path());
+    let dockerfile_path = match (&context_dir, &args.file) {
+        (_, Some(file)) if file == Path::new("-") => None,
+        // In an archive, -f names a path inside it.
+        (Some(dir), Some(file)) if from_archive => Some(dir.join(file)),
+        (_, Some(file)) => Some(file.clone()),
+        (Some(dir), None) => Some(dir.join("Dockerfile")),
+        (None, None) => None,
+    };
+    let (name, text) = match (stdin_text, &dockerfile_path) {
+        (Some(text), _) => ("Dockerfile".to_string(), text),
+        (None, Some(path)) => match super::read_dockerfile(path) {
             Ok(read) => read,
             Err(message) => return output::error(message),
+        },
+        (None, None) => {
+            let mut text = String::new();
+            if let Err(error) = std::io::stdin().read_to_string(&mut text) {
+                return output::error(format!("reading the Dockerfile from stdin: {error}"));
+            }
+            ("Dockerfile".to_string(), text)
         }
     };
     let empty_context;
@@ -268,6 +328,15 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         Ok(store) => store,
         Err(exit) => return exit,
     };
+    let mut named_contexts = BTreeMap::new();
+    for spec in &args.build_contexts {
+        match named_context(&mut store, spec) {
+            Ok((name, named)) => {
+                named_contexts.insert(name, named);
+            }
+            Err(message) => return output::error(message),
+        }
+    }
     if args.pull && !quiet {
         output::err(
             "#0 --pull: kiln has no registry client yet; base images come from the local store\n",
@@ -279,7 +348,11 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         context,
         build_args,
         target: args.target.clone(),
-        tags: tags.clone(),
+        tags: if export.tags_in_store() {
+            tags.clone()
+        } else {
+            Vec::new()
+        },
         labels,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
@@ -294,6 +367,7 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         // (`save` writes layers uncompressed, as `docker save` does).
         compression: Compression::None,
         secrets,
+        named_contexts,
     };
     let progress = PlainProgress {
         start: Instant::now(),
@@ -315,13 +389,33 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         Ok(built) => built,
         Err(error) => return report(&name, &text, error),
     };
+    if let Err(error) = export::export(
+        &store,
+        &built.image,
+        &export,
+        &tags,
+        &mut std::io::stdout().lock(),
+    ) {
+        return output::error_of(&error);
+    }
     if !quiet {
         let step = progress.started.lock().map(|s| s.len()).unwrap_or(0) + 1;
+        let kind = match &export {
+            Output::Image | Output::Docker { .. } => "image",
+            Output::Local(_) => "client directory",
+            Output::Tar(_) => "client tarball",
+            Output::Oci { .. } => "oci image format",
+        };
         let mut lines = format!(
-            "#{step} exporting to image\n#{step} writing image {} done\n",
+            "#{step} exporting to {kind}\n#{step} writing image {} done\n",
             built.image
         );
-        for tag in &tags {
+        let named = if export.tags_in_store() {
+            tags.as_slice()
+        } else {
+            &[]
+        };
+        for tag in named {
             lines.push_str(&format!(
                 "#{step} naming to {} done\n",
                 tag.clone().with_default_tag()
@@ -332,7 +426,19 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
             progress.start.elapsed().as_secs_f64()
         ));
         output::err(&lines);
-    } else {
+    } else if !matches!(
+        export,
+        Output::Tar(Destination::Stdout)
+            | Output::Oci {
+                destination: Destination::Stdout,
+                ..
+            }
+            | Output::Docker {
+                destination: Some(Destination::Stdout),
+                ..
+            }
+    ) {
+        // The ID on stdout, unless stdout carries the exported archive.
         output::out(&format!("{}\n", built.image));
     }
     if let Some(path) = &args.iidfile
@@ -361,6 +467,63 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         }
     }
     Exit::Success
+}
+
+/// `--build-context NAME=VALUE`: a directory, `docker-image://REF` (an image of the store) or
+/// `oci-layout://DIR[:TAG]` (loaded into the store, then used as an image).
+fn named_context(
+    store: &mut kiln_cache::store::Store,
+    spec: &str,
+) -> Result<(String, NamedContext), String> {
+    let (name, value) = spec
+        .split_once('=')
+        .filter(|(name, value)| !name.is_empty() && !value.is_empty())
+        .ok_or_else(|| format!("invalid --build-context {spec:?}: expected NAME=VALUE"))?;
+    let name = name.to_ascii_lowercase();
+    if let Some(reference) = value.strip_prefix("docker-image://") {
+        return Ok((name, NamedContext::Image(reference.to_string())));
+    }
+    if let Some(layout) = value.strip_prefix("oci-layout://") {
+        // DIR, DIR:TAG or DIR@DIGEST: the tag or digest picks an image of the layout.
+        let (directory, wanted) = match layout.rsplit_once(['@', ':']) {
+            Some((directory, wanted)) if !wanted.contains('/') => (directory, Some(wanted)),
+            _ => (layout, None),
+        };
+        let loaded = kiln_cache::archive::load_layout(
+            store,
+            Path::new(directory),
+            &kiln_cache::archive::LoadOptions::default(),
+        )
+        .map_err(|error| format!("--build-context {name}: loading {directory}: {error}"))?;
+        let chosen = loaded
+            .iter()
+            .find(|image| {
+                wanted.is_none_or(|wanted| {
+                    image.id.to_string().ends_with(wanted)
+                        || image.tags.iter().any(|tag| tag.tag() == Some(wanted))
+                })
+            })
+            .or(loaded.first())
+            .ok_or_else(|| format!("--build-context {name}: {directory} holds no image"))?;
+        return Ok((name, NamedContext::Image(chosen.id.to_string())));
+    }
+    if value.contains("://") || value.starts_with("git@") {
+        return Err(format!(
+            "--build-context {name}: URL and git contexts are not supported yet; clone or download it and give the directory"
+        ));
+    }
+    let directory = PathBuf::from(value);
+    if !directory.is_dir() {
+        return Err(format!(
+            "--build-context {name}: {value:?} is not a directory"
+        ));
+    }
+    let matcher = ignore::read_for(Path::new(""), &directory)
+        .map_err(|error| format!("--build-context {name}: {error}"))?;
+    Ok((
+        name,
+        NamedContext::Directory(Context::new(directory, matcher)),
+    ))
 }
 
 /// Renders a build error once, pointing at the Dockerfile where it can.
