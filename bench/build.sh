@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builder: `kiln build` against `docker build` with BuildKit (Docker 20.10), on the four speed
 # targets of the builder issue (release build of kiln):
-#   cached   fully cached rebuild of a 20,000-file context (COPY . then RUN)
+#   cached   fully cached rebuild of a 20,000-file context (COPY src then RUN); kiln keeps its
+#            context stat cache in the store, so rebuilds stat the files and read none (but those
+#            written less than 2 s before the untimed first build's end)
 #   run20    a 20-step RUN-only Dockerfile, without the cache; per-step overhead derived from a
 #            FROM-only build of the same base
 #   copy200  COPY of a 200 MB context (200 files of 1 MB, incompressible), without the cache;
@@ -73,6 +75,7 @@ results="$work/results.md"
 {
     echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs (nproc), $(uname -sr), $(rustc --version)"
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- builder cache cli runtime || echo ' plus uncommitted changes'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "kiln: $KILN ($("$KILN" --version 2>/dev/null | head -1)); the commit above describes the checkout, which KILN may not be built from"
     echo "Docker: $([ -n "$have_docker" ] && "$docker" version --format '{{.Server.Version}}' || echo 'not running') (BuildKit); median of $runs runs"
     echo
     echo "| case | kiln | kiln peak RSS | docker build | docker / kiln |"

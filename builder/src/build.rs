@@ -113,9 +113,30 @@ pub struct BuildOptions {
     pub compression: Compression,
     /// `--secret` values by id, for `RUN --mount=type=secret`.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--ssh` agent sockets by id (`default` for a bare `--ssh default`), for
+    /// `RUN --mount=type=ssh`: bound into the step, never part of layers, history or keys.
+    pub ssh: BTreeMap<String, PathBuf>,
     /// `--build-context NAME=...` by lower-cased name: they replace the stage or image of that
     /// name in FROM, `COPY --from` and `RUN --mount=from=`.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Where images the build names (FROM, `COPY --from`, `RUN --mount=from=`) come from
+    /// before they are looked up in the store: a registry pull (`--pull`, or missing images).
+    /// None: only the store's images.
+    pub images: Option<Box<dyn ImageSource>>,
+}
+
+/// Brings the images a build needs into the store: kiln-builder knows no registry, the caller
+/// does (`kiln build` pulls missing images, or every image with `--pull`).
+pub trait ImageSource: Send + Sync + std::fmt::Debug {
+    /// Makes `name` (a reference as the Dockerfile wrote it, build arguments expanded)
+    /// resolvable in `store`, downloading it when the caller's policy says so. Called only for
+    /// images of stages the target needs, once per name and build at most from each place
+    /// that names it; an error fails the build at the line naming the image.
+    fn ensure(
+        &self,
+        store: &mut Store,
+        name: &str,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// A `--build-context` value.
@@ -210,6 +231,9 @@ struct State {
     key: Digest,
     /// The time history entries of config-only steps get (RFC 3339).
     time: Option<String>,
+    /// The build arguments the stage declared (with their values): a stage built FROM this one
+    /// starts with them, as in BuildKit.
+    args: BTreeMap<String, String>,
 }
 
 /// A stage as planned: its FROM resolved, its dependencies known.
@@ -271,6 +295,31 @@ fn rfc3339(seconds: i64) -> String {
 
 fn host_platform() -> (&'static str, &'static str) {
     ("linux", kiln_cache::import::host_architecture())
+}
+
+/// Whether `text` (`OS/ARCH[/VARIANT]`, or a bare `ARCH` for linux) names this machine's
+/// platform; architecture aliases (`x86_64`, `aarch64`) count as their OCI names.
+pub fn is_host_platform(text: &str) -> bool {
+    let (os, arch) = host_platform();
+    let lower = text.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = lower.split('/').collect();
+    let (wanted_os, wanted_arch, variant) = match parts.as_slice() {
+        [arch] => ("linux", *arch, None),
+        [os, arch] => (*os, *arch, None),
+        [os, arch, variant] => (*os, *arch, Some(*variant)),
+        _ => return false,
+    };
+    let wanted_arch = match wanted_arch {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    // This machine's variant is the base one: arm64's v8; amd64 has none (v1).
+    let variant_ok = matches!(
+        (arch, variant),
+        (_, None) | ("arm64", Some("v8")) | ("amd64", Some("v1"))
+    );
+    wanted_os == os && wanted_arch == arch && variant_ok
 }
 
 /// Builds the image `options` describe in the store at `store` and tags it.
@@ -341,7 +390,7 @@ pub fn build(
         used_args: Mutex::new(used),
         counts: Mutex::new((0, 0)),
     };
-    let stages = build.plan(store)?;
+    let mut stages = build.plan(store)?;
     let target = match &options.target {
         Some(target) => {
             let lower = target.to_ascii_lowercase();
@@ -353,14 +402,28 @@ pub fn build(
         None => stages.len() - 1,
     };
     // Only what the target needs.
-    let mut needed = BTreeSet::new();
-    let mut pending = vec![target];
-    while let Some(index) = pending.pop() {
-        if needed.insert(index) {
-            pending.extend(stages[index].needs.iter().copied());
-        }
+    let mut needed = needed_stages(&stages, target);
+    // Base images of the needed stages come in (pulled) first; planning again then sees their
+    // ONBUILD triggers.
+    if build.ensure_bases(store, &stages, &needed)? {
+        stages = build.plan(store)?;
+        needed = needed_stages(&stages, target);
     }
     let _ingest = store.ingest()?;
+    // The contexts' stat caches live in the store between builds; written back when dropped.
+    let hashes_dir = store.layout().root().join("context-hashes");
+    let _hashes: Vec<_> = std::iter::once(&options.context)
+        .chain(
+            options
+                .named_contexts
+                .values()
+                .filter_map(|named| match named {
+                    NamedContext::Directory(context) => Some(context),
+                    NamedContext::Image(_) => None,
+                }),
+        )
+        .map(|context| context.remember_hashes(&hashes_dir))
+        .collect();
     let results: Mutex<HashMap<usize, State>> = Mutex::new(HashMap::new());
     let mut done: BTreeSet<usize> = BTreeSet::new();
     while !needed.is_subset(&done) {
@@ -439,6 +502,19 @@ pub fn build(
     })
 }
 
+/// The stages `target` needs, itself included (transitively, through FROM, `COPY --from` and
+/// `RUN --mount=from=`).
+fn needed_stages(stages: &[PlannedStage<'_>], target: usize) -> BTreeSet<usize> {
+    let mut needed = BTreeSet::new();
+    let mut pending = vec![target];
+    while let Some(index) = pending.pop() {
+        if needed.insert(index) {
+            pending.extend(stages[index].needs.iter().copied());
+        }
+    }
+    needed
+}
+
 /// Stores the final state as an image (config, manifest) and records it.
 fn write_image(
     store: &mut Store,
@@ -506,6 +582,63 @@ impl Build<'_> {
 
     fn open_store(&self) -> Result<Store, BuildError> {
         Ok(Store::open(&self.store_root)?)
+    }
+
+    /// Asks [`BuildOptions::images`] for the base images of the `needed` stages, each shown as
+    /// a step (`[internal] load metadata for NAME`). Says whether it asked for any.
+    fn ensure_bases(
+        &self,
+        store: &mut Store,
+        stages: &[PlannedStage<'_>],
+        needed: &BTreeSet<usize>,
+    ) -> Result<bool, BuildError> {
+        let Some(images) = &self.options.images else {
+            return Ok(false);
+        };
+        let mut asked = BTreeSet::new();
+        for &index in needed {
+            let planned = &stages[index];
+            if let Base::Image(name) = &planned.base
+                && asked.insert(name.clone())
+            {
+                let span = planned.stage.from.image.span;
+                // As BuildKit shows it: the normalised reference.
+                let shown = Reference::parse(name)
+                    .map(|reference| reference.with_default_tag().to_string())
+                    .unwrap_or_else(|_| name.clone());
+                self.timed(format!("[internal] load metadata for {shown}"), |_| {
+                    self.ensure_image(images.as_ref(), store, name, span)
+                })?;
+            }
+        }
+        Ok(!asked.is_empty())
+    }
+
+    /// Asks `images` for `name`, the failure pointing at `span`.
+    fn ensure_image(
+        &self,
+        images: &dyn ImageSource,
+        store: &mut Store,
+        name: &str,
+        span: Span,
+    ) -> Result<(), BuildError> {
+        images.ensure(store, name).map_err(|error| {
+            let mut message = format!("failed to resolve source image {name}: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            BuildError::At {
+                span,
+                message,
+                hint: Some(
+                    "offline? `kiln load` or `kiln import` the image into the store first"
+                        .to_string(),
+                ),
+                exit_code: None,
+            }
+        })
     }
 
     /// Resolves every stage's base, its base's ONBUILD triggers and its dependencies.
@@ -620,6 +753,24 @@ impl Build<'_> {
         planned: &PlannedStage<'_>,
         results: &Mutex<HashMap<usize, State>>,
     ) -> Result<State, BuildError> {
+        // `FROM --platform=`: kiln runs no emulator, so only this machine's platform builds.
+        if let Some(word) = &planned.stage.from.platform {
+            let wanted = Lexer::new(self.escape)
+                .expand_word(&word.text, &self.global_args)
+                .map_err(|error| BuildError::at(word.span, error))?
+                .value;
+            if !is_host_platform(&wanted) {
+                let (os, arch) = host_platform();
+                return Err(BuildError::At {
+                    span: word.span,
+                    message: format!(
+                        "platform {wanted:?} is not supported: kiln builds for this machine's platform ({os}/{arch}) only, with no emulation"
+                    ),
+                    hint: Some("use --platform=$BUILDPLATFORM or drop --platform".to_string()),
+                    exit_code: None,
+                });
+            }
+        }
         match &planned.base {
             Base::Stage(index) => results
                 .lock()
@@ -635,6 +786,8 @@ impl Build<'_> {
                         os: os.to_string(),
                         config: ContainerConfig {
                             env: Some(vec![format!("PATH={}", kiln_runtime::DEFAULT_PATH)]),
+                            // BuildKit gives a scratch stage the root as its working directory.
+                            working_dir: Some("/".to_string()),
                             ..ContainerConfig::default()
                         },
                         ..ImageConfig::default()
@@ -642,6 +795,7 @@ impl Build<'_> {
                     layers: Vec::new(),
                     key: sha(&[b"scratch", arch.as_bytes()]),
                     time: self.options.source_date_epoch.map(rfc3339),
+                    args: BTreeMap::new(),
                 })
             }
             Base::Image(name) => {
@@ -668,6 +822,7 @@ impl Build<'_> {
                     layers: record.layers,
                     key: image_key(&record.manifest),
                     time: self.options.source_date_epoch.map(rfc3339).or(time),
+                    args: BTreeMap::new(),
                 })
             }
         }
@@ -690,8 +845,9 @@ impl Build<'_> {
             || self.options.no_cache_filter.iter().any(|filter| {
                 filter.eq_ignore_ascii_case(&stage_label) || *filter == index.to_string()
             });
-        // Build arguments declared in this stage (with their values), and the environment.
-        let mut args: BTreeMap<String, String> = BTreeMap::new();
+        // Build arguments declared in this stage (with their values), starting with those of
+        // a stage it is built FROM.
+        let mut args: BTreeMap<String, String> = std::mem::take(&mut state.args);
         // ONBUILD triggers of the base run first, as if written right after FROM, and are
         // consumed: the stage's image does not pass them on.
         let triggers = &planned.triggers;
@@ -746,6 +902,8 @@ impl Build<'_> {
                 .iter()
                 .map(|statement| (statement, false)),
         );
+        // Whether this stage set CMD (an ENTRYPOINT after it keeps it).
+        let mut cmd_set = false;
         for (position, (statement, is_trigger)) in statements.enumerate() {
             let label = format!(
                 "[{stage_label} {}/{total}] {}{} {}",
@@ -756,7 +914,9 @@ impl Build<'_> {
             );
             let outcome = self.dispatch(
                 &mut store, stages, results, &mut state, &mut args, statement, label, no_cache,
+                cmd_set,
             );
+            cmd_set |= matches!(statement.instruction, Instruction::Cmd(_));
             match outcome {
                 Ok(()) => {}
                 // A trigger's text is not in this Dockerfile: point at the FROM that ran it.
@@ -780,6 +940,7 @@ impl Build<'_> {
                 Err(error) => return Err(error),
             }
         }
+        state.args = args;
         Ok(state)
     }
 
@@ -795,6 +956,7 @@ impl Build<'_> {
         statement: &Statement,
         label: String,
         no_cache: bool,
+        cmd_set: bool,
     ) -> Result<(), BuildError> {
         match &statement.instruction {
             Instruction::Arg(arg) => {
@@ -879,6 +1041,10 @@ impl Build<'_> {
                 let mut next = state.clone();
                 apply_with_args(&mut next.config.config, statement, self.escape, args)
                     .map_err(|error| config_error(statement, error))?;
+                if cmd_set && matches!(statement.instruction, Instruction::Entrypoint(_)) {
+                    // ENTRYPOINT resets only an inherited CMD, not one this stage set.
+                    next.config.config.cmd = state.config.config.cmd.clone();
+                }
                 next.key = sha(&[
                     state.key.as_bytes(),
                     b"config",
@@ -919,11 +1085,11 @@ impl Build<'_> {
     }
 
     /// Runs one numbered step, reporting its start, end or failure.
-    fn timed(
+    fn timed<T>(
         &self,
         name: String,
-        work: impl FnOnce(usize) -> Result<State, BuildError>,
-    ) -> Result<State, BuildError> {
+        work: impl FnOnce(usize) -> Result<T, BuildError>,
+    ) -> Result<T, BuildError> {
         let step = self.next_step();
         self.progress.event(Event::Started { step, name });
         let started = Instant::now();
@@ -1171,21 +1337,33 @@ impl Build<'_> {
                         number(&mount.mode, 8, 0o755)?,
                     );
                     // `from=`: a new cache starts with that stage's or image's `source` path.
-                    let seed = match expand(&mount.from)? {
+                    let from = expand(&mount.from)?;
+                    let seed = match &from {
                         None => None,
                         Some(from) => {
                             let source = expand(&mount.source)?.unwrap_or_else(|| "/".to_string());
                             Some((
-                                self.mount_source(store, stages, results, &from, span)?,
+                                self.mount_source(store, stages, results, from, span)?,
                                 source,
                             ))
                         }
+                    };
+                    // A cache is its id and how it starts (owner, mode, seed), as in BuildKit:
+                    // the same id with another uid is another directory. The default start
+                    // keeps the plain id.
+                    let identity = match (&seed, (uid, gid, mode)) {
+                        (None, (0, 0, 0o755)) => id.clone(),
+                        (seed, _) => format!(
+                            "{id}\0{uid}:{gid}:{mode:o}\0{}\0{}",
+                            from.as_deref().unwrap_or(""),
+                            seed.as_ref().map_or("", |(_, source)| source.as_str())
+                        ),
                     };
                     let dir = store
                         .layout()
                         .root()
                         .join("cache-mounts")
-                        .join(Digest::of(id.as_bytes()).hex());
+                        .join(Digest::of(identity.as_bytes()).hex());
                     if !dir.is_dir() {
                         use std::os::unix::fs::PermissionsExt;
                         let parent = store.layout().root().join("cache-mounts");
@@ -1393,10 +1571,40 @@ impl Build<'_> {
                     }
                 }
                 MountKind::Ssh => {
-                    return Err(BuildError::at(
-                        span,
-                        "ssh mounts are not supported yet by kiln",
-                    ));
+                    // BuildKit's defaults: id `default`, `/run/buildkit/ssh_agent.N` (N counts
+                    // the step's ssh mounts), SSH_AUTH_SOCK naming the first one.
+                    let id = expand(&mount.id)?.unwrap_or_else(|| "default".to_string());
+                    let target =
+                        target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", mounts.ssh));
+                    let Some(socket) = self.options.ssh.get(&id) else {
+                        if mount.required == Some(true) {
+                            return Err(BuildError::At {
+                                span,
+                                message: format!("no SSH agent socket with id {id:?} was given"),
+                                hint: Some(if id == "default" {
+                                    "give one with --ssh default (uses $SSH_AUTH_SOCK)".to_string()
+                                } else {
+                                    format!("give one with --ssh {id}=SOCKET")
+                                }),
+                                exit_code: None,
+                            });
+                        }
+                        continue;
+                    };
+                    mounts
+                        .definition
+                        .push(serde_json::json!({"type": "ssh", "id": id, "target": target}));
+                    if mounts.ssh == 0 {
+                        mounts.env.push(format!("SSH_AUTH_SOCK={target}"));
+                    }
+                    mounts.ssh += 1;
+                    mounts.binds.push(kiln_runtime::BindMount {
+                        source: socket.clone(),
+                        destination: target,
+                        // Connecting writes nothing to the file system.
+                        read_only: mount.is_read_only(),
+                        copy_up: false,
+                    });
                 }
             }
         }
@@ -1511,6 +1719,7 @@ impl Build<'_> {
                 config,
                 layers: record.layers,
                 key,
+                args: state.args.clone(),
             });
         }
         if !no_cache {
@@ -1915,8 +2124,11 @@ struct RunMounts<'c> {
     tmpfs: Vec<kiln_runtime::TmpfsMount>,
     /// (destination, content, mode) of secret files.
     secrets: Vec<(String, Vec<u8>, u32)>,
-    /// `secret,env=NAME`: variables for the process, never in keys or history.
+    /// `secret,env=NAME` and `SSH_AUTH_SOCK`: variables for the process, never in keys or
+    /// history.
     env: Vec<String>,
+    /// How many ssh agent sockets the step has.
+    ssh: usize,
     /// Cache directories to lock exclusively while the step runs (`sharing=locked`).
     locked: Vec<PathBuf>,
     /// What the cache key sees of them (no secret content, no host paths).
@@ -2225,6 +2437,12 @@ fn is_archive(path: &Path) -> bool {
         || (magic.len() >= 262 && &magic[257..262] == b"ustar")
 }
 
+/// The buffer on each side of the pipe that streams a COPY's tar into the image.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// The tar writer a COPY's sources are archived into (see `copy_archive` in `copy_step`).
+type CopyArchive = tar::Builder<io::BufWriter<io::PipeWriter>>;
+
 impl Build<'_> {
     #[allow(clippy::too_many_arguments)]
     fn copy_step(
@@ -2491,35 +2709,47 @@ impl Build<'_> {
             let existing_dir = matches!(fs.kind(&destination).map_err(at)?, PathKind::Directory);
             let into_dir = dest_is_dir_syntax || several || existing_dir;
             let spool_dir = work.to_path_buf();
-            // (directory to copy into, archive) pairs.
+            // Copies what `build` archives into `directory`: the tar is streamed through a
+            // pipe to an unpacking thread, never spooled, so memory and disk stay flat
+            // whatever the size of the sources.
             let copy_archive = |directory: &str,
                                 build: &mut dyn FnMut(
-                &mut tar::Builder<&mut fs::File>,
+                &mut CopyArchive,
             ) -> Result<(), BuildError>|
              -> Result<(), BuildError> {
                 fs.make_dirs(directory, uid, gid, mtime).map_err(at)?;
-                let mut spool = tempfile::tempfile_in(&spool_dir)
-                    .map_err(|source| BuildError::at(span, source))?;
-                {
-                    let mut archive = tar::Builder::new(&mut spool);
-                    build(&mut archive)?;
-                    archive
-                        .finish()
-                        .map_err(|source| BuildError::at(span, source))?;
-                }
-                use std::io::Seek;
-                spool
-                    .rewind()
-                    .map_err(|source| BuildError::at(span, source))?;
-                fs.copy_in(
-                    CopySource::Archive(&mut spool),
-                    directory,
-                    &CopyOptions {
-                        archive: true,
-                        follow_link: false,
-                    },
-                )
-                .map_err(at)
+                let (reader, writer) = io::pipe().map_err(|source| BuildError::at(span, source))?;
+                let fs = &fs;
+                std::thread::scope(|scope| {
+                    let unpacker = scope.spawn(move || {
+                        let mut reader = io::BufReader::with_capacity(COPY_BUFFER, reader);
+                        let copied = fs.copy_in(
+                            CopySource::Archive(&mut reader),
+                            directory,
+                            &CopyOptions {
+                                archive: true,
+                                follow_link: false,
+                            },
+                        );
+                        // Read to the end whatever happened, so the writer never fails on a
+                        // closed pipe and its own error (the first cause) is the one reported.
+                        let _ = io::copy(&mut reader, &mut io::sink());
+                        copied
+                    });
+                    let built = (|| {
+                        let mut archive =
+                            tar::Builder::new(io::BufWriter::with_capacity(COPY_BUFFER, writer));
+                        build(&mut archive)?;
+                        archive
+                            .into_inner()
+                            .and_then(|mut writer| io::Write::flush(&mut writer))
+                            .map_err(|source| BuildError::at(span, source))
+                    })();
+                    // The builder is dropped by now: the unpacker sees the end of the stream.
+                    let unpacked = unpacker.join().map_err(|_| BuildError::Panicked)?;
+                    built?;
+                    unpacked.map_err(at)
+                })
             };
             // Where an entry goes: `--parents` keeps its path under the destination.
             let placement = |kept: &Option<String>, base: &str| -> (String, String) {
@@ -2765,6 +2995,11 @@ impl Build<'_> {
                 .ok_or(BuildError::Panicked)?;
             (state.layers, state.key)
         } else {
+            if let Some(images) = &self.options.images {
+                // This stage's thread has its own store handle; `images` takes a writable one.
+                let mut own = self.open_store()?;
+                self.ensure_image(images.as_ref(), &mut own, from, span)?;
+            }
             let id = store.resolve(from).map_err(|error| BuildError::At {
                 span,
                 message: format!("failed to resolve source image {from}: {error}"),
@@ -2921,7 +3156,7 @@ fn rename_entries(
     owner: Option<(u32, u32)>,
     mode: Option<&Chmod>,
     exclude: Option<&Matcher>,
-    out: &mut tar::Builder<&mut fs::File>,
+    out: &mut tar::Builder<impl io::Write>,
 ) -> io::Result<()> {
     let mut archive = tar::Archive::new(exported);
     let mut top: Option<String> = None;

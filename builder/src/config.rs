@@ -210,14 +210,14 @@ pub(crate) fn command_vector(config: &ContainerConfig, command: &CommandLine) ->
     }
 }
 
-/// WORKDIR relative to the previous one; `..` and `.` are cleaned as Go's `path.Clean` does.
+/// WORKDIR as BuildKit records it: an absolute path as written (a trailing slash kept), a
+/// relative one joined to the previous one and cleaned as Go's `path.Join` does.
 fn join_workdir(base: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') {
+    if path.starts_with('/') {
         path.to_string()
     } else {
-        format!("{base}/{path}")
-    };
-    kiln_parser::path::clean(&format!("/{joined}"))
+        kiln_parser::path::clean(&format!("/{base}/{path}"))
+    }
 }
 
 /// `80`, `80/udp`, `8000-8002/tcp` → `80/tcp`, `80/udp`, `8000/tcp`, `8001/tcp`, `8002/tcp`.

@@ -7,22 +7,28 @@
 //! chroot semantics; symlinks inside a copied directory are copied as symlinks). Files the
 //! `.dockerignore` excludes are invisible: a source naming one is "not found".
 //!
-//! Only what a COPY/ADD selects is read, and a file's content digest is computed once per
-//! build (an in-memory stat cache keyed by device and inode, checked against size, mtime and
-//! ctime).
+//! Only what a COPY/ADD selects is read, and files are hashed in parallel (rayon). A file's
+//! content digest is computed once: a stat cache keyed by device and inode, checked against
+//! size, mtime and ctime, remembers it for the rest of the build and, once
+//! [`Context::remember_hashes`] is in use, across builds (see the `statcache` module).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 use kiln_cache::digest::{Digest, DigestWriter};
+use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use crate::chmod::Chmod;
 use crate::ignore::Matcher;
+use crate::statcache::{self, FileKey, FileStamp, Remembered};
 
 /// How many symlinks one source resolution follows (Linux's `MAXSYMLINKS`).
 const MAX_SYMLINKS: usize = 40;
@@ -87,15 +93,58 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
 pub struct Context {
     root: PathBuf,
     ignore: Option<Matcher>,
-    hashes: Mutex<HashMap<(u64, u64), (FileStamp, Digest)>>,
+    /// The stat cache: content digests by device and inode.
+    hashes: Mutex<HashMap<FileKey, Remembered>>,
+    /// How many files were read to be hashed (stat cache misses).
+    files_hashed: AtomicUsize,
 }
 
-/// What must be unchanged for a cached content digest to stay valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+/// The stat cache of a context kept in a store between builds, from
+/// [`Context::remember_hashes`]: written back by [`RememberedHashes::save`], or when dropped.
+#[derive(Debug)]
+#[must_use = "the digests are saved when this is saved or dropped"]
+pub struct RememberedHashes<'a> {
+    context: &'a Context,
+    file: Option<PathBuf>,
+    /// [`Context::files_hashed`] when the cache was loaded: unchanged, there is nothing new.
+    hashed_before: usize,
+}
+
+impl RememberedHashes<'_> {
+    /// Writes the context's stat cache back to the store now. See [`Self::save_at`].
+    pub fn save(self) -> io::Result<()> {
+        self.save_at(SystemTime::now())
+    }
+
+    /// Writes the context's stat cache back to the store as if the time were `now`: files
+    /// that changed less than two seconds before `now` are left out (their next build reads
+    /// them again). Atomic; the cache stays bounded (see the `statcache` module). Nothing is
+    /// written when no file was hashed since the cache was loaded.
+    pub fn save_at(mut self, now: SystemTime) -> io::Result<()> {
+        self.write(now)
+    }
+
+    fn write(&mut self, now: SystemTime) -> io::Result<()> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        if self.context.files_hashed() == self.hashed_before {
+            return Ok(());
+        }
+        let hashes = self
+            .context
+            .hashes
+            .lock()
+            .map_err(|_| io::Error::other("the stat cache lock is poisoned"))?;
+        statcache::save(&file, &hashes, now)
+    }
+}
+
+impl Drop for RememberedHashes<'_> {
+    fn drop(&mut self) {
+        // Best effort: a cache that cannot be written only costs the next build a rehash.
+        let _ = self.write(SystemTime::now());
+    }
 }
 
 /// A source matched in the context: its cleaned relative path (`""` for the root) and the
@@ -122,7 +171,39 @@ impl Context {
             root: root.into(),
             ignore,
             hashes: Mutex::new(HashMap::new()),
+            files_hashed: AtomicUsize::new(0),
         }
+    }
+
+    /// Loads the digests this context's files had in earlier builds from `directory` (a
+    /// store's `context-hashes/`), and returns the handle that writes them back, with the ones
+    /// this build computes. A missing or damaged cache is no error: files are hashed again.
+    /// A digest is reused only while the file's device, inode, size, mtime and ctime are
+    /// unchanged.
+    pub fn remember_hashes(&self, directory: &Path) -> RememberedHashes<'_> {
+        let file = statcache::file_for(directory, &self.root);
+        if let Some(file) = &file {
+            let loaded = statcache::load(file);
+            if let Ok(mut hashes) = self.hashes.lock() {
+                if hashes.is_empty() {
+                    *hashes = loaded;
+                } else {
+                    for (key, remembered) in loaded {
+                        hashes.entry(key).or_insert(remembered);
+                    }
+                }
+            }
+        }
+        RememberedHashes {
+            context: self,
+            file,
+            hashed_before: self.files_hashed(),
+        }
+    }
+
+    /// How many files this context has read to hash them: the stat cache's misses.
+    pub fn files_hashed(&self) -> usize {
+        self.files_hashed.load(Ordering::Relaxed)
     }
 
     pub fn root(&self) -> &Path {
@@ -269,87 +350,124 @@ impl Context {
         source: &Source,
         exclude: Option<&Matcher>,
     ) -> Result<Vec<(String, PathBuf, fs::Metadata)>, ContextError> {
-        let mut out = Vec::new();
-        self.collect(&source.host, &source.relative, "", &mut out)?;
+        let mut out = self.collect(&source.host, &source.relative, "")?;
         if let Some(exclude) = exclude {
             out.retain(|(relative, _, _)| !exclude.matches(relative));
         }
         Ok(out)
     }
 
+    /// The entries under `dir`, depth first in name order. Entries are stat'ed relative to
+    /// their directory (no path walk from `/` per file) and subdirectories are walked in
+    /// parallel on rayon's pool; the order of the result does not depend on that.
     fn collect(
         &self,
         dir: &Path,
         context_prefix: &str,
         prefix: &str,
-        out: &mut Vec<(String, PathBuf, fs::Metadata)>,
-    ) -> Result<(), ContextError> {
-        let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
+    ) -> Result<Vec<(String, PathBuf, fs::Metadata)>, ContextError> {
+        let mut found: Vec<fs::DirEntry> = fs::read_dir(dir)
             .map_err(io_at(dir))?
-            .map(|entry| entry.map(|entry| entry.file_name()))
             .collect::<Result<_, _>>()
             .map_err(io_at(dir))?;
-        names.sort();
-        for name in names {
-            let name = name.to_string_lossy().to_string();
-            let in_context = if context_prefix.is_empty() {
+        found.sort_by_key(fs::DirEntry::file_name);
+        let has_exceptions = self.ignore.as_ref().is_some_and(Matcher::has_exclusions);
+        // (relative, host, metadata, path in the context, excluded itself) of what may stay.
+        let mut kept = Vec::with_capacity(found.len());
+        for entry in found {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let host = entry.path();
+            // Not followed: DirEntry::metadata is lstat relative to the open directory.
+            let metadata = entry.metadata().map_err(io_at(&host))?;
+            // The path from the context root: for `.dockerignore` matches and subdirectories.
+            let in_context = if self.ignore.is_none() && !metadata.is_dir() {
+                String::new()
+            } else if context_prefix.is_empty() {
                 name.clone()
             } else {
                 format!("{context_prefix}/{name}")
             };
+            let excluded = self.excluded(&in_context);
+            // A directory excluded by a pattern may still hold re-included (`!`) files.
+            if excluded && !(metadata.is_dir() && has_exceptions) {
+                continue;
+            }
             let relative = if prefix.is_empty() {
-                name.clone()
+                name
             } else {
                 format!("{prefix}/{name}")
             };
-            let host = dir.join(&name);
-            let metadata = fs::symlink_metadata(&host).map_err(io_at(&host))?;
-            if self.excluded(&in_context) {
-                // A directory excluded by a pattern may still hold re-included (`!`) files.
-                let has_exceptions = self.ignore.as_ref().is_some_and(Matcher::has_exclusions);
-                if !(metadata.is_dir() && has_exceptions) {
-                    continue;
+            kept.push((relative, host, metadata, in_context, excluded));
+        }
+        let inner: Vec<Vec<(String, PathBuf, fs::Metadata)>> = kept
+            .par_iter()
+            .map(|(relative, host, metadata, in_context, _)| {
+                if metadata.is_dir() {
+                    self.collect(host, in_context, relative)
+                } else {
+                    Ok(Vec::new())
                 }
-                let mut inner = Vec::new();
-                self.collect(&host, &in_context, &relative, &mut inner)?;
-                if inner.is_empty() {
-                    continue;
-                }
-                out.push((relative, host, metadata));
-                out.extend(inner);
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(kept.len() + inner.iter().map(Vec::len).sum::<usize>());
+        for ((relative, host, metadata, _, excluded), inner) in kept.into_iter().zip(inner) {
+            if excluded && inner.is_empty() {
                 continue;
             }
-            let is_dir = metadata.is_dir();
-            out.push((relative.clone(), host.clone(), metadata));
-            if is_dir {
-                self.collect(&host, &in_context, &relative, out)?;
-            }
+            out.push((relative, host, metadata));
+            out.extend(inner);
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// The content digest of a file, computed once per build unless the file changes.
-    fn file_digest(&self, path: &Path, metadata: &fs::Metadata) -> Result<Digest, ContextError> {
-        let stamp = FileStamp {
-            size: metadata.size(),
-            mtime: (metadata.mtime(), metadata.mtime_nsec()),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
-        };
-        let inode = (metadata.dev(), metadata.ino());
-        if let Ok(hashes) = self.hashes.lock()
-            && let Some((known, digest)) = hashes.get(&inode)
-            && *known == stamp
-        {
-            return Ok(*digest);
-        }
-        let mut file = fs::File::open(path).map_err(io_at(path))?;
-        let mut hasher = DigestWriter::new(io::sink());
-        io::copy(&mut file, &mut hasher).map_err(io_at(path))?;
-        let (digest, _, _) = hasher.finish();
+    /// The content digests of `files` (host path and metadata of regular files), in order:
+    /// from the stat cache for files whose device, inode, size, mtime and ctime are unchanged,
+    /// otherwise read and hashed, in parallel on rayon's pool.
+    fn file_digests(&self, files: &[(&Path, &fs::Metadata)]) -> Result<Vec<Digest>, ContextError> {
+        let stamps: Vec<(FileKey, FileStamp)> = files
+            .iter()
+            .map(|(_, metadata)| FileStamp::of(metadata))
+            .collect();
+        let mut digests: Vec<Option<Digest>> = vec![None; files.len()];
         if let Ok(mut hashes) = self.hashes.lock() {
-            hashes.insert(inode, (stamp, digest));
+            for ((key, stamp), digest) in stamps.iter().zip(&mut digests) {
+                if let Some(remembered) = hashes.get_mut(key)
+                    && remembered.stamp == *stamp
+                {
+                    remembered.used = true;
+                    *digest = Some(remembered.digest);
+                }
+            }
         }
-        Ok(digest)
+        let missing: Vec<usize> = (0..files.len())
+            .filter(|index| digests[*index].is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(digests.into_iter().flatten().collect());
+        }
+        let computed: Vec<(usize, Digest)> = missing
+            .into_par_iter()
+            .map(|index| Ok((index, hash_file(files[index].0)?)))
+            .collect::<Result<_, ContextError>>()?;
+        self.files_hashed
+            .fetch_add(computed.len(), Ordering::Relaxed);
+        if let Ok(mut hashes) = self.hashes.lock() {
+            for (index, digest) in &computed {
+                let (key, stamp) = stamps[*index];
+                hashes.insert(
+                    key,
+                    Remembered {
+                        stamp,
+                        digest: *digest,
+                        used: true,
+                    },
+                );
+            }
+        }
+        for (index, digest) in computed {
+            digests[index] = Some(digest);
+        }
+        Ok(digests.into_iter().flatten().collect())
     }
 
     /// The digest of what copying `source` puts in an image: for a file its content and mode;
@@ -362,17 +480,37 @@ impl Context {
         exclude: Option<&Matcher>,
         inputs: &mut BTreeMap<String, String>,
     ) -> Result<Digest, ContextError> {
+        let metadata = fs::metadata(&source.host).map_err(io_at(&source.host))?;
+        let mut entries = vec![(String::new(), source.host.clone(), metadata)];
+        if source.is_dir {
+            entries.extend(self.entries(source, exclude)?);
+        }
+        let files: Vec<(&Path, &fs::Metadata)> = entries
+            .iter()
+            .filter(|(_, _, metadata)| metadata.is_file())
+            .map(|(_, host, metadata)| (host.as_path(), metadata))
+            .collect();
+        let mut file_digests = self.file_digests(&files)?.into_iter();
         let mut hasher = Sha256::new();
-        let mut record = |relative: &str, host: &Path, metadata: &fs::Metadata| {
+        // One line per entry, written into one buffer (no allocation per entry but the inputs).
+        let mut line = String::new();
+        for (relative, host, metadata) in &entries {
             let kind = metadata.file_type();
             let mode = metadata.permissions().mode() & 0o7777;
-            let line = if kind.is_symlink() {
+            line.clear();
+            // Writing to a String cannot fail.
+            if kind.is_symlink() {
                 let target = fs::read_link(host).map_err(io_at(host))?;
-                format!("l {relative} {mode:o} {}\n", target.display())
+                let _ = writeln!(line, "l {relative} {mode:o} {}", target.display());
             } else if kind.is_dir() {
-                format!("d {relative} {mode:o}\n")
+                let _ = writeln!(line, "d {relative} {mode:o}");
             } else if kind.is_file() {
-                let digest = self.file_digest(host, metadata)?;
+                let digest = file_digests.next().ok_or_else(|| {
+                    io_at(host)(io::Error::other("the file list changed while hashing"))
+                })?;
+                let _ = write!(line, "f {relative} {mode:o} ");
+                let start = line.len();
+                push_digest(&mut line, &digest);
                 let shown = if source.relative.is_empty() {
                     relative.to_string()
                 } else if relative.is_empty() {
@@ -380,20 +518,12 @@ impl Context {
                 } else {
                     format!("{}/{relative}", source.relative)
                 };
-                inputs.insert(shown, digest.to_string());
-                format!("f {relative} {mode:o} {digest}\n")
+                inputs.insert(shown, line[start..].to_string());
+                line.push('\n');
             } else {
-                format!("o {relative} {mode:o} {}\n", metadata.rdev())
-            };
-            hasher.update(line.as_bytes());
-            Ok::<_, ContextError>(())
-        };
-        let metadata = fs::metadata(&source.host).map_err(io_at(&source.host))?;
-        record("", &source.host, &metadata)?;
-        if source.is_dir {
-            for (relative, host, metadata) in self.entries(source, exclude)? {
-                record(&relative, &host, &metadata)?;
+                let _ = writeln!(line, "o {relative} {mode:o} {}", metadata.rdev());
             }
+            hasher.update(line.as_bytes());
         }
         Ok(Digest::from_bytes(hasher.finalize().into()))
     }
@@ -428,6 +558,25 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// Appends `digest` as its `Display` shows it (`sha256:<hex>`), without allocating.
+fn push_digest(line: &mut String, digest: &Digest) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    line.push_str("sha256:");
+    for byte in digest.as_bytes() {
+        line.push(char::from(HEX[usize::from(byte >> 4)]));
+        line.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+}
+
+/// The sha256 of a file's content.
+fn hash_file(path: &Path) -> Result<Digest, ContextError> {
+    let mut file = fs::File::open(path).map_err(io_at(path))?;
+    let mut hasher = DigestWriter::new(io::sink());
+    io::copy(&mut file, &mut hasher).map_err(io_at(path))?;
+    let (digest, _, _) = hasher.finish();
+    Ok(digest)
 }
 
 /// One tar entry for a host file, directory or symlink with the copy's ownership.

@@ -17,3 +17,4 @@ pub mod context;
 pub mod export;
 pub mod ignore;
 pub mod remote;
+mod statcache;

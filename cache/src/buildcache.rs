@@ -10,6 +10,10 @@
 //! [`crate::store::Store::collect_garbage`] as long as a record references it. `kiln builder
 //! prune` removes records ([`Store::prune_build_cache`]), then garbage collection frees what
 //! nothing else references.
+//!
+//! The cache also has a size cap, enforced after every build
+//! ([`Store::enforce_build_cache_cap`], the default from [`default_build_cache_cap`]), as
+//! BuildKit's garbage collector keeps `keepStorage`: least recently used records go first.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -84,7 +88,43 @@ pub struct PruneOptions {
     pub keep_storage: Option<u64>,
 }
 
-fn now() -> i64 {
+/// The smallest and largest default cap: BuildKit's default `keepStorage` is 10% of the disk
+/// holding its state, kept within these bounds.
+const DEFAULT_CAP_MIN: u64 = 2 << 30;
+const DEFAULT_CAP_MAX: u64 = 20 << 30;
+
+/// The default size cap of the build cache of a store at `root`: 10% of the file system holding
+/// it, clamped to [2 GiB, 20 GiB] (BuildKit's default `keepStorage`). The lower bound when the
+/// file system cannot be asked.
+pub fn default_build_cache_cap(root: &std::path::Path) -> u64 {
+    let probe = if root.exists() {
+        root
+    } else {
+        root.parent().unwrap_or(root)
+    };
+    match nix::sys::statvfs::statvfs(probe) {
+        Ok(stat) => {
+            let total = stat.blocks().saturating_mul(stat.fragment_size());
+            (total / 10).clamp(DEFAULT_CAP_MIN, DEFAULT_CAP_MAX)
+        }
+        Err(_) => DEFAULT_CAP_MIN,
+    }
+}
+
+/// What [`Store::enforce_build_cache_cap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapEnforced {
+    /// Records removed.
+    pub removed: usize,
+    /// Bytes garbage collection freed.
+    pub freed: u64,
+    /// The cache was over the cap, but another process (a build, a pull) was using the store,
+    /// so nothing was removed this time: the next build that finishes alone enforces it.
+    pub deferred: bool,
+}
+
+/// Seconds since the epoch, as the build cache records times (`last_used`).
+pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
@@ -271,6 +311,92 @@ impl Store {
         }
         let freed = self.collect_garbage()?;
         Ok((removed, freed))
+    }
+
+    /// Whether the record `key` exists with all its content in the store. Unlike
+    /// [`Store::build_cache_lookup`] this does not mark it used.
+    pub fn build_cache_complete(&self, key: &Digest) -> Result<bool, StoreError> {
+        let Some(record) = self.build_cache_record(key)? else {
+            return Ok(false);
+        };
+        Ok(self.blobs().contains(&record.config)
+            && record
+                .layers
+                .iter()
+                .all(|layer| self.snapshot_path(&layer.chain_id).is_dir()))
+    }
+
+    /// Every record used (looked up or recorded) at or after `since` (seconds since the epoch,
+    /// see [`now`]), most recently used first: the records a build that started then used or
+    /// made (`kiln build --cache-to ...,mode=max`). Times have one-second resolution, so a
+    /// record used earlier in the same second is included too.
+    pub fn build_cache_used_since(&self, since: i64) -> Result<Vec<CacheRecord>, StoreError> {
+        let keys: Vec<String> = {
+            let mut statement = self.db.prepare(
+                "SELECT key FROM build_cache WHERE last_used >= ?1 ORDER BY last_used DESC, key",
+            )?;
+            statement
+                .query_map([since], |row| row.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        let mut records = Vec::new();
+        for key in keys {
+            if let Some(record) = self.build_cache_record(&key.parse()?)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Keeps the build cache within `max` bytes (the records' own layer sizes, as
+    /// [`Store::build_cache_size`] counts them): when it holds more, removes least recently used
+    /// records until it fits, then collects garbage (what the removed records alone kept).
+    /// Called after a build, when that build no longer uses any record. Records another process
+    /// may be using are never removed: when the store lock is held by anyone else (a build or
+    /// a pull holds it shared while it runs), nothing is removed and the result says
+    /// `deferred`. Cheap when under the cap (one query).
+    pub fn enforce_build_cache_cap(&self, max: u64) -> Result<CapEnforced, StoreError> {
+        if self.build_cache_size()? <= max {
+            return Ok(CapEnforced::default());
+        }
+        // Try the exclusive lock without waiting: if it cannot be had, someone is ingesting.
+        // It is released before garbage collection takes it again (flock locks of two open
+        // files conflict even within one process); a process that starts in between only
+        // makes garbage collection wait for it.
+        let path = self.layout().root().join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => drop(lock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Ok(CapEnforced {
+                    deferred: true,
+                    ..CapEnforced::default()
+                });
+            }
+            Err((_, errno)) => {
+                return Err(StoreError::Io {
+                    path,
+                    source: std::io::Error::from(errno),
+                });
+            }
+        }
+        let (removed, freed) = self.prune_build_cache(&PruneOptions {
+            unused_for: None,
+            keep_storage: Some(max),
+        })?;
+        Ok(CapEnforced {
+            removed,
+            freed,
+            deferred: false,
+        })
     }
 
     /// Bytes of build-cache layers (the sum of the records' own layers).

@@ -1799,15 +1799,9 @@ pub fn layer_from_upper(
     let upper = fs.upper();
     let source_date_epoch = options.source_date_epoch;
     let (kept, stats) = std::thread::scope(|scope| {
+        // The tar is hashed once, by the blob writer (or the compressed sink's DigestWriter).
         let producer = scope.spawn(move || {
-            layer::write_layer(
-                LayerSource::OverlayUpper(upper),
-                writer,
-                &WriteOptions {
-                    compression: Compression::None,
-                    source_date_epoch,
-                },
-            )
+            layer::write_layer_tar(LayerSource::OverlayUpper(upper), writer, source_date_epoch)
         });
         let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
         let applier = scope.spawn(move || {

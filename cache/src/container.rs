@@ -20,6 +20,16 @@ use crate::store::{Store, StoreError};
 pub struct ContainerConfig {
     /// The executable and its arguments (`Path` + `Args` in Docker's inspect).
     pub args: Vec<String>,
+    /// Docker's `Config.Entrypoint`: the image's ENTRYPOINT, or `--entrypoint`'s (empty when
+    /// `--entrypoint ''` reset it; inspect shows `null`). `None` in records made before kiln
+    /// kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Docker's `Config.Cmd`: the arguments after the image, else the image's CMD (dropped
+    /// by `--entrypoint`; empty is `null` in inspect). `None` in records made before kiln kept
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
@@ -83,6 +93,11 @@ pub struct ContainerState {
     /// once it is gone without recording an exit, the container is not.
     #[serde(default)]
     pub monitor_pid: i32,
+    /// When the supervisor (the monitor, else the `kiln run` process) started, in clock ticks
+    /// after boot (`/proc/<pid>/stat` field 22); 0 when unknown (older records). Tells the
+    /// supervisor from an unrelated process that was given its pid after it died.
+    #[serde(default)]
+    pub supervisor_start: u64,
     /// How often the restart policy restarted the container since it was last started by
     /// hand (Docker's `RestartCount`).
     #[serde(default)]

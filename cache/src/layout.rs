@@ -19,6 +19,10 @@
 //!   cache-mounts/<hex>/      `RUN --mount=type=cache` directories, by sha256 of the mount id;
 //!                            created as `cache-mounts/new-*` and renamed; `<hex>.lock` is the
 //!                            flock of `sharing=locked`; never part of an image
+//!   context-hashes/<hex>     the build context stat cache (kiln-builder's `statcache`): content
+//!                            digests of one context directory's files, by sha256 of its path;
+//!                            replaced atomically, at most 64 files (128 MiB) kept, a damaged
+//!                            one is ignored
 //!   tmp/                     temporary files, on the same file system so renames are atomic
 //! ```
 //!

@@ -178,7 +178,11 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the store at `root`. Refuses a store of another layout version.
+    /// A relative `root` is made absolute against the current directory: store paths go to
+    /// overlay mounts and to processes that run elsewhere.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        let root = std::path::absolute(&root).map_err(io_at(&root))?;
         let layout = Layout::new(root);
         for dir in layout.directories() {
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;

@@ -7,6 +7,7 @@ mod commands;
 mod human;
 mod monitor;
 mod output;
+mod progress;
 
 use std::process::ExitCode;
 

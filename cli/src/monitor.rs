@@ -205,6 +205,11 @@ fn supervise(root: PathBuf, id: &str, wait_for_attach: bool) -> Result<(), ()> {
     restart_loop(&monitor)
 }
 
+/// When this process started (see [`ContainerState::supervisor_start`]); 0 if unknown.
+pub(crate) fn own_start_time() -> u64 {
+    kiln_runtime::process_start_time(std::process::id() as i32).unwrap_or(0)
+}
+
 /// Runs the container until it ends for good: once, or again and again as its restart
 /// policy says.
 fn restart_loop(monitor: &Monitor) -> Result<(), ()> {
@@ -215,10 +220,13 @@ fn restart_loop(monitor: &Monitor) -> Result<(), ()> {
     loop {
         let began = Instant::now();
         let (result, running) = run_once(monitor, restarts.count, first);
+        // A first start that fails is reported to `run -d`/`start` once the failure is
+        // recorded (or the `--rm` container removed), so their next command sees it.
+        let mut start_failure = None;
         let (code, oom_killed) = match &result {
             Ok(outcome) => (outcome.code(), outcome.oom_killed),
             Err(error) if first => {
-                monitor.fail(error.exit_code(), error.to_string());
+                start_failure = Some((error.exit_code(), error.to_string()));
                 (error.exit_code(), false)
             }
             Err(error) => {
@@ -229,10 +237,19 @@ fn restart_loop(monitor: &Monitor) -> Result<(), ()> {
                 (error.exit_code(), false)
             }
         };
-        monitor.server.end(code);
+        // Attached clients (`attach`, `start -a`) hear of the exit only once it is recorded,
+        // so the command they run next (`rm`, `ps`, `inspect`) sees the container exited.
+        let report = |monitor: &Monitor| {
+            if let Some((code, message)) = start_failure.clone() {
+                monitor.fail(code, message);
+            }
+            monitor.server.end(code);
+        };
         if monitor.record.config.auto_remove {
             let _ = kiln_runtime::remove_cgroup(id);
-            return store.remove_container(id).map_err(drop);
+            let removed = store.remove_container(id).map_err(drop);
+            report(monitor);
+            return removed;
         }
         // A container that never started is not restarted (Docker: the start fails).
         let never_started = first && running.is_none();
@@ -241,6 +258,7 @@ fn restart_loop(monitor: &Monitor) -> Result<(), ()> {
             && restarts.should_restart(monitor.supervision.restart_policy, code);
         let previous = running.unwrap_or_else(|| ContainerState {
             monitor_pid: std::process::id() as i32,
+            supervisor_start: own_start_time(),
             ..ContainerState::default()
         });
         let mut ended = ContainerState {
@@ -251,12 +269,15 @@ fn restart_loop(monitor: &Monitor) -> Result<(), ()> {
             ..previous
         };
         if !restart {
-            return store.set_container_state(id, &ended).map_err(drop);
+            let recorded = store.set_container_state(id, &ended).map_err(drop);
+            report(monitor);
+            return recorded;
         }
         let delay = restarts.next(began.elapsed());
         ended.status = Status::Restarting;
         ended.restart_count = restarts.count;
         let _ = store.set_container_state(id, &ended);
+        report(monitor);
         if stopped_while_waiting(store, id, delay) {
             ended.status = Status::Exited;
             return store.set_container_state(id, &ended).map_err(drop);
@@ -386,6 +407,7 @@ fn run_once(
                 status: Status::Running,
                 pid: started.pid,
                 monitor_pid: std::process::id() as i32,
+                supervisor_start: own_start_time(),
                 started_at: Some(kiln_cache::import::creation_time()),
                 restart_count,
                 health: health.as_ref().map(health::Checker::initial),

@@ -1203,3 +1203,24 @@ fn run_mounts_from_stages_leave_no_mount_points() {
     );
     assert_eq!(listing, "", "mount stubs are removed");
 }
+
+#[test]
+fn a_relative_store_root_works_for_run_steps() {
+    let Some(dir) = busybox_store(&[], &[]) else {
+        return;
+    };
+    let ctx = context(
+        &dir,
+        &[("Dockerfile", "FROM busybox\nRUN echo ran > /ran\n")],
+    );
+    // The same store, named relative to the working directory.
+    let assert = assert_cmd::Command::cargo_bin("kiln")
+        .unwrap()
+        .current_dir(dir.path())
+        .args(["--root", "store", "build", "-t", "relative:1"])
+        .arg(&ctx)
+        .assert()
+        .success();
+    assert!(stderr(&assert).contains("RUN echo ran"));
+    assert_eq!(run_output(&dir, &["relative:1", "cat", "/ran"]), "ran\n");
+}

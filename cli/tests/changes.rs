@@ -446,3 +446,180 @@ fn a_hostile_archive_into_a_container_is_refused_or_confined() {
             "C /home\nA /home/etc\nA /home/etc/{unique}\nA /home/root\n"
         ));
 }
+
+#[test]
+fn commit_of_a_running_container_pauses_it_only_while_reading_as_docker_does() {
+    let Some(dir) = busybox_store() else { return };
+    kiln(&dir)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "busy",
+            "busybox",
+            "sh",
+            "-c",
+            "echo ready > /state; sleep 1000",
+        ])
+        .assert()
+        .success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stdout(kiln(&dir).args(["diff", "busy"])).contains("A /state") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container did not write"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = || stdout(kiln(&dir).args(["inspect", "-f", "{{.State.Status}}", "busy"]));
+    // Docker's default is --pause=true: frozen while the upper dir is read, then thawed.
+    kiln(&dir)
+        .args(["commit", "busy", "snap:1"])
+        .assert()
+        .success();
+    assert_eq!(status(), "running\n");
+    kiln(&dir)
+        .args(["run", "--rm", "snap:1", "cat", "/state"])
+        .assert()
+        .success()
+        .stdout("ready\n");
+    for flag in ["-p=false", "--pause=false", "-p", "--pause=true"] {
+        kiln(&dir).args(["commit", flag, "busy"]).assert().success();
+        assert_eq!(status(), "running\n", "{flag}");
+    }
+    // One paused by hand stays paused.
+    kiln(&dir).args(["pause", "busy"]).assert().success();
+    kiln(&dir).args(["commit", "busy"]).assert().success();
+    assert_eq!(status(), "paused\n");
+    kiln(&dir).args(["rm", "-f", "busy"]).assert().success();
+}
+
+#[test]
+fn cp_into_a_running_container_reaches_its_live_root_and_volumes_and_stays_inside() {
+    let Some(dir) = busybox_store() else { return };
+    let host = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir(host.path().join("tree")).unwrap();
+    fs::write(host.path().join("tree/file"), "in tree\n").unwrap();
+    fs::write(host.path().join("note"), "note\n").unwrap();
+    // A symlink inside the container naming a host directory: it must mean the container's
+    // path of that name, never the host's.
+    let escape = format!(
+        "mkdir -p /tmp {0}; ln -s {0} /escape",
+        outside.path().display()
+    );
+    kiln(&dir)
+        .args(["volume", "create", "shared"])
+        .assert()
+        .success();
+    kiln(&dir)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "live",
+            "-v",
+            "shared:/data",
+            "busybox",
+            "sh",
+            "-c",
+            &format!("{escape}; sleep 1000"),
+        ])
+        .assert()
+        .success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stdout(kiln(&dir).args(["diff", "live"])).contains("A /escape") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cat = |path: &str| stdout(kiln(&dir).args(["exec", "live", "cat", path]));
+    kiln(&dir)
+        .args([
+            "cp",
+            &host.path().join("note").display().to_string(),
+            "live:/tmp/",
+        ])
+        .assert()
+        .success();
+    assert_eq!(
+        cat("/tmp/note"),
+        "note\n",
+        "seen by the running container at once"
+    );
+    kiln(&dir)
+        .args([
+            "cp",
+            &host.path().join("tree").display().to_string(),
+            "live:/data/",
+        ])
+        .assert()
+        .success();
+    assert_eq!(cat("/data/tree/file"), "in tree\n");
+    // And out again, volume included, while it runs.
+    let back = tempfile::tempdir().unwrap();
+    kiln(&dir)
+        .args(["cp", "live:/data/tree", &back.path().display().to_string()])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(back.path().join("tree/file")).unwrap(),
+        "in tree\n"
+    );
+    let volume = stdout(kiln(&dir).args(["volume", "inspect", "-f", "{{.Mountpoint}}", "shared"]));
+    assert_eq!(
+        fs::read_to_string(Path::new(volume.trim()).join("tree/file")).unwrap(),
+        "in tree\n",
+        "written into the volume"
+    );
+    let tar = Process::new("tar")
+        .arg("-C")
+        .arg(host.path().join("tree"))
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    kiln(&dir)
+        .args(["cp", "-", "live:/escape"])
+        .write_stdin(tar.stdout)
+        .assert()
+        .success();
+    kiln(&dir)
+        .args([
+            "cp",
+            &host.path().join("note").display().to_string(),
+            "live:/escape/note",
+        ])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written on the host through the container's symlink"
+    );
+    assert_eq!(cat(&format!("{}/note", outside.path().display())), "note\n");
+    assert_eq!(
+        cat(&format!("{}/file", outside.path().display())),
+        "in tree\n"
+    );
+    kiln(&dir)
+        .args([
+            "cp",
+            &host.path().join("note").display().to_string(),
+            "live:/missing/note",
+        ])
+        .assert()
+        .code(125);
+    let container_dir = dir
+        .path()
+        .join("store/containers")
+        .join(stdout(kiln(&dir).args(["inspect", "-f", "{{.Id}}", "live"])).trim());
+    let staging: Vec<_> = fs::read_dir(&container_dir)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("cp-"))
+        .collect();
+    assert!(staging.is_empty(), "staging left: {staging:?}");
+    kiln(&dir).args(["rm", "-f", "live"]).assert().success();
+}

@@ -225,12 +225,13 @@ fn rm_force_kills_a_running_container_and_run_rm_removes_it_after_exit() {
         .stderr(predicate::str::contains("container is running"));
     kiln(&dir).args(["rm", "-f", &running]).assert().success();
     assert_nothing_left(&running);
-    let removed = run_detached(&dir, &["--rm", "busybox", "sleep", "1"]);
+    // `wait` gives the exit code of a --rm container although its record goes with it.
+    let removed = run_detached(&dir, &["--rm", "busybox", "sh", "-c", "sleep 1; exit 3"]);
     kiln(&dir)
         .args(["wait", &removed])
         .assert()
         .success()
-        .stdout("0\n");
+        .stdout("3\n");
     assert_nothing_left(&removed);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !stdout_of(kiln(&dir).args(["ps", "-aq"])).is_empty() {
@@ -324,5 +325,61 @@ fn a_killed_monitor_takes_its_container_down_and_rm_cleans_up() {
         .assert()
         .stdout(predicate::str::contains("Exited (137)"));
     kiln(&dir).args(["rm", &id]).assert().success();
+    assert_nothing_left(&id);
+}
+
+#[test]
+fn logs_since_and_until_take_dockers_time_forms() {
+    let Some(dir) = busybox_store() else { return };
+    let id = run_detached(
+        &dir,
+        &[
+            "--name",
+            "timed",
+            "busybox",
+            "sh",
+            "-c",
+            "echo early; sleep 1.2; echo late; sleep 1000",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stdout_of(kiln(&dir).args(["logs", "timed"])).contains("late") {
+        assert!(Instant::now() < deadline, "no late line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stamped = stdout_of(kiln(&dir).args(["logs", "-t", "timed"]));
+    let times: Vec<&str> = stamped
+        .lines()
+        .map(|line| line.split(' ').next().unwrap())
+        .collect();
+    let logs = |args: &[&str]| stdout_of(kiln(&dir).arg("logs").args(args).arg("timed"));
+    assert_eq!(logs(&["--since", times[1]]), "late\n");
+    assert_eq!(logs(&["--until", times[0]]), "early\n");
+    // A date, a date-time without seconds, a zone offset, a Go duration, Unix seconds.
+    assert_eq!(logs(&["--since", "2000-01-01"]), "early\nlate\n");
+    assert_eq!(logs(&["--until", "2000-01-01T10:00"]), "");
+    assert_eq!(logs(&["--until", "2000-01-01T10:00:00+02:00"]), "");
+    assert_eq!(logs(&["--since", "1h30m"]), "early\nlate\n");
+    assert_eq!(logs(&["--since", "946684800.5"]), "early\nlate\n");
+    assert_eq!(logs(&["--tail", "0"]), "");
+    assert_eq!(logs(&["-n", "1"]), "late\n");
+    // As Docker's daemon: a negative or unreadable --tail shows everything.
+    assert_eq!(logs(&["--tail", "-3"]), "early\nlate\n");
+    assert_eq!(logs(&["--tail", "x"]), "early\nlate\n");
+    // inspect's LogPath is the json-file log itself.
+    let path = stdout_of(kiln(&dir).args(["inspect", "-f", "{{.LogPath}}", "timed"]));
+    assert!(
+        fs::read_to_string(path.trim())
+            .unwrap()
+            .contains("\"log\":\"late\\n\"")
+    );
+    kiln(&dir)
+        .args(["logs", "--since", "bogus", "timed"])
+        .assert()
+        .code(125)
+        .stderr(
+            "kiln: invalid value for \"since\": failed to parse value as time or duration: \"bogus\"\n",
+        );
+    kiln(&dir).args(["rm", "-f", &id]).assert().success();
     assert_nothing_left(&id);
 }

@@ -791,3 +791,110 @@ fn exec_it_relays_input_and_the_callers_window_size() {
     assert!(text.contains("hello"), "{text:?}");
     assert!(text.contains("got:hello\r\n"), "{text:?}");
 }
+
+/// A hash of a file's content.
+fn content_hash(path: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    fs::read(path).unwrap().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The container command of the CVE-2019-5736 test: scans `/proc` for a process that is not
+/// busybox (the one `kiln exec` starts in the container, while it still runs kiln code),
+/// keeps its exe open (a plain read open, which CAP_SYS_PTRACE allows even though that
+/// process is non-dumpable), records its path in `/held`, then tries for 5 s to reopen it
+/// for writing through `/proc/self/fd` (the shell's `>>`: O_WRONLY|O_APPEND, writing
+/// nothing) as runc's exploit did: while kiln runs the binary the kernel says ETXTBSY, once
+/// the exec has ended it would open, were it not read-only. Successes go to `/opened`,
+/// failures to `/errors`, and `/verdict` gets a line per attempt. A failed `exec 3<` (the
+/// process ended) ends the inner shell; the outer loop restarts it. `/stop` ends both.
+const EXE_PROBE: &str = r#"while [ ! -e /stop ]; do sh -c '
+  while [ ! -e /stop ]; do
+    for p in /proc/[0-9]*; do
+      case $p in /proc/1|/proc/$$) continue;; esac
+      [ -r $p/exe ] || continue
+      exec 3< $p/exe
+      t=$(readlink /proc/$$/fd/3)
+      case $t in */busybox) exec 3<&-; continue;; esac
+      echo "$t" >> /held
+      i=0
+      while [ $i -lt 100 ]; do
+        if { true >> /proc/$$/fd/3; } 2>> /errors; then echo "OPENED $t" >> /opened; break; fi
+        i=$((i+1)); sleep 0.05
+      done
+      echo "tried $t" >> /verdict
+      exec 3<&-
+    done
+  done'; done"#;
+
+/// The runc CVE-2019-5736 class: a container process with CAP_SYS_PTRACE may open
+/// `/proc/<pid>/exe` of the process that joins the container for `exec` while it still runs
+/// kiln code (non-dumpable does not stop that capability), and once kiln no longer runs,
+/// reopen it for writing and replace the host's kiln binary. Kiln runs that process from a
+/// read-only bind mount of its binary, so the reopen fails with EROFS.
+///
+/// `exec` runs from a copy of the kiln binary in the test's temp dir, so that once each exec
+/// ends nothing runs that file (the detached container's monitor runs the original) and the
+/// kernel's ETXTBSY no longer hides the difference: without the read-only mount the reopen
+/// succeeds (and a real exploit would then write to it). Bounded: at most 60 execs or 30 s
+/// to catch the process, 10 s for the verdict.
+#[test]
+fn exec_never_exposes_a_writable_kiln_binary_to_a_ptrace_capable_container() {
+    let Some(dir) = busybox_store() else { return };
+    let _cleanup = Cleanup {
+        dir: &dir,
+        names: &["prober"],
+    };
+    let original = assert_cmd::cargo::cargo_bin("kiln");
+    let binary = dir.path().join("kiln-for-exec");
+    fs::copy(&original, &binary).unwrap();
+    let before = (content_hash(&original), content_hash(&binary));
+    let exec_with_copy = |args: &[&str]| {
+        let mut command = Command::new(&binary);
+        command.arg("--root").arg(dir.path().join("store"));
+        command.args(["exec", "prober"]).args(args);
+        command
+    };
+    let id = run_detached(
+        &dir,
+        &[
+            "--name",
+            "prober",
+            "--cap-add",
+            "SYS_PTRACE",
+            "busybox",
+            "sh",
+            "-c",
+            EXE_PROBE,
+        ],
+    );
+    let upper = dir.path().join("store/containers").join(&id).join("upper");
+    let read = |name: &str| fs::read_to_string(upper.join(name)).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut execs = 0;
+    while execs < 60 && Instant::now() < deadline && read("held").is_empty() {
+        exec_with_copy(&["true"]).assert().success();
+        execs += 1;
+    }
+    let held = read("held");
+    let verdict_deadline = Instant::now() + Duration::from_secs(10);
+    while !held.is_empty() && read("verdict").is_empty() && Instant::now() < verdict_deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    exec_with_copy(&["touch", "/stop"]).assert().success();
+    let (verdict, errors, opened) = (read("verdict"), read("errors"), read("opened"));
+    kiln(&dir).args(["rm", "-f", "prober"]).assert().success();
+    assert!(
+        held.contains("kiln-for-exec"),
+        "the probe never caught the exec'd process in {execs} execs: {held:?}"
+    );
+    assert!(!verdict.is_empty(), "the probe gave no verdict: {errors}");
+    assert_eq!(opened, "", "the kiln binary was opened for writing");
+    assert!(errors.contains("Read-only file system"), "{errors}");
+    assert_eq!(
+        (content_hash(&original), content_hash(&binary)),
+        before,
+        "the kiln binary changed"
+    );
+}

@@ -5,81 +5,23 @@
 mod common;
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command as Process;
+use std::time::Duration;
 
 use assert_cmd::Command;
-use common::{busybox_store, kiln};
+use common::{LoopbackRegistry, busybox_store, kiln};
 use predicates::prelude::*;
 
-const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 const USER: &str = "kiln";
 const PASSWORD: &str = "kiln-test-password";
 /// bcrypt of [`PASSWORD`] (cost 4), as `htpasswd -B` writes it.
 const PASSWORD_BCRYPT: &str = "$2b$04$AXcrEKWOCe7qPzK8HLZ3ZuKQCgT6jVkp7NmntsirKoMEieYGolYmG";
 
-/// A running `docker-registry serve`, stopped (by its own pid) when dropped.
-struct RegistryServer {
-    child: Child,
-    domain: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RegistryServer {
-    fn start(basic_auth: bool) -> Option<RegistryServer> {
-        if !Path::new(REGISTRY_BINARY).is_file() {
-            eprintln!("skipped: {REGISTRY_BINARY} is missing (apt-get install docker-registry)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if basic_auth {
-            let htpasswd = dir.path().join("htpasswd");
-            fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                htpasswd.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config).unwrap();
-        let child = Process::new(REGISTRY_BINARY)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = RegistryServer {
-            child,
-            domain: format!("127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(server)
-    }
-}
-
-impl Drop for RegistryServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A registry, with Basic auth for [`USER`] when `basic_auth`.
+fn start_registry(basic_auth: bool) -> Option<LoopbackRegistry> {
+    let htpasswd = format!("{USER}:{PASSWORD_BCRYPT}\n");
+    LoopbackRegistry::start_with(basic_auth.then_some(htpasswd.as_str()))
 }
 
 /// `kiln --root DIR/store` with the Docker config in `DIR/docker` (never the user's).
@@ -119,7 +61,7 @@ fn small_image(name: &str) -> tempfile::TempDir {
 
 #[test]
 fn push_then_pull_into_a_fresh_store_keeps_the_image_and_it_runs() {
-    let Some(server) = RegistryServer::start(false) else {
+    let Some(server) = start_registry(false) else {
         return;
     };
     let Some(source) = busybox_store(&["CMD [\"echo\", \"hi\"]"], &[]) else {
@@ -187,7 +129,7 @@ fn push_then_pull_into_a_fresh_store_keeps_the_image_and_it_runs() {
 
 #[test]
 fn an_image_copied_by_skopeo_from_a_kiln_archive_pulls_with_its_id() {
-    let Some(server) = RegistryServer::start(false) else {
+    let Some(server) = start_registry(false) else {
         return;
     };
     if !Path::new("/usr/bin/skopeo").is_file() {
@@ -229,7 +171,7 @@ fn an_image_copied_by_skopeo_from_a_kiln_archive_pulls_with_its_id() {
 
 #[test]
 fn login_stores_docker_credentials_that_push_uses_and_logout_removes_them() {
-    let Some(server) = RegistryServer::start(true) else {
+    let Some(server) = start_registry(true) else {
         return;
     };
     let name = format!("{}/private:latest", server.domain);
@@ -290,7 +232,7 @@ fn login_stores_docker_credentials_that_push_uses_and_logout_removes_them() {
 
 #[test]
 fn errors_name_what_is_missing() {
-    let Some(server) = RegistryServer::start(false) else {
+    let Some(server) = start_registry(false) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

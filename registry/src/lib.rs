@@ -21,6 +21,7 @@
 //! runtime, and the worker threads only ever touch the store's blob area and their own snapshot
 //! directories; the metadata database stays on the calling thread.
 
+pub mod cache;
 pub mod client;
 pub mod credentials;
 pub mod error;

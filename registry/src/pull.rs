@@ -136,8 +136,8 @@ fn kind_of(
 
 /// Where a layer's content comes from.
 enum Source {
-    /// Downloaded from the registry.
-    Registry,
+    /// Downloaded from the registry (or the directory) the layers come from.
+    Remote,
     /// A verified blob already in the store, without a snapshot at this chain ID.
     Store,
 }
@@ -261,75 +261,25 @@ pub fn pull(
             diff_ids: view.rootfs.diff_ids.len(),
         });
     }
-    let chain = image::chain_ids(&view.rootfs.diff_ids);
-
     let _ingest = store.ingest()?;
-    let mut plans = Vec::with_capacity(manifest.layers.len());
-    let mut jobs = Vec::new();
-    for (position, descriptor) in manifest.layers.iter().enumerate() {
-        let existing = store
-            .snapshot(&chain[position])?
-            .filter(|existing| store.blobs().contains(&existing.blob));
-        if let Some(existing) = existing {
-            progress.event(Event::LayerExists(descriptor.digest));
-            plans.push(Plan::Existing(existing));
-            continue;
-        }
-        let source = if store.blobs().contains(&descriptor.digest) {
-            Source::Store
-        } else {
-            Source::Registry
-        };
-        plans.push(Plan::Fetch(jobs.len()));
-        jobs.push(Job {
-            descriptor: descriptor.clone(),
-            diff_id: view.rootfs.diff_ids[position],
-            source,
-            prepared: store.prepare_snapshot()?,
-        });
-    }
-    let blobs = store.blobs().clone();
-    let results = pool::run(jobs, registry.concurrency, |job| {
-        fetch_layer(registry, &repository, &scopes, &blobs, job, progress)
-    });
-    let mut fetched = Vec::with_capacity(results.len());
-    let mut first_error = None;
-    for result in results {
-        match result {
-            Some(Ok(layer)) => fetched.push(Some(layer)),
-            Some(Err(error)) => {
-                first_error.get_or_insert(error);
-                fetched.push(None);
-            }
-            None => fetched.push(None),
-        }
-    }
-    if let Some(error) = first_error {
-        return Err(error);
-    }
-    let mut records = Vec::with_capacity(plans.len());
-    for (position, plan) in plans.into_iter().enumerate() {
-        let record = match plan {
-            Plan::Existing(record) => record,
-            Plan::Fetch(job) => {
-                let layer = fetched[job]
-                    .take()
-                    .ok_or_else(|| registry.protocol("a layer was not fetched"))?;
-                let record = LayerRecord {
-                    chain_id: chain[position],
-                    diff_id: layer.diff_id,
-                    blob: layer.blob.digest,
-                    media_type: manifest.layers[position].media_type.clone(),
-                    blob_size: layer.blob.size,
-                    size: layer.unpacked,
-                };
-                let parent = position.checked_sub(1).map(|parent| &chain[parent]);
-                store.commit_snapshot(layer.prepared, &record, parent)?;
-                record
-            }
-        };
-        records.push(record);
-    }
+    let wanted_layers: Vec<(Descriptor, Digest)> = manifest
+        .layers
+        .iter()
+        .cloned()
+        .zip(view.rootfs.diff_ids.iter().copied())
+        .collect();
+    let source = RegistrySource {
+        registry,
+        repository: &repository,
+        scopes: &scopes,
+    };
+    let records = install_layers(
+        store,
+        &wanted_layers,
+        &source,
+        registry.concurrency,
+        progress,
+    )?;
     store
         .blobs()
         .put_expected(config.as_slice(), id, Some(manifest.config.size))?;
@@ -355,6 +305,122 @@ pub fn pull(
         digest: top.digest,
         up_to_date: false,
     })
+}
+
+/// Where the blobs of layers being installed come from: a registry repository, or an OCI
+/// layout directory (an imported build cache).
+pub(crate) trait BlobSource: Sync {
+    /// What to name in errors (the registry's domain, or the directory).
+    fn origin(&self) -> String;
+    /// Starts reading a blob; the bytes are unverified (the caller hashes them).
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read>, RegistryError>;
+}
+
+/// A repository of a registry as a [`BlobSource`].
+pub(crate) struct RegistrySource<'a> {
+    pub registry: &'a Registry,
+    pub repository: &'a str,
+    pub scopes: &'a [String],
+}
+
+impl BlobSource for RegistrySource<'_> {
+    fn origin(&self) -> String {
+        self.registry.domain().to_string()
+    }
+
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read>, RegistryError> {
+        Ok(Box::new(self.registry.blob(
+            self.repository,
+            digest,
+            self.scopes,
+        )?))
+    }
+}
+
+/// Makes the layers `layers` (blob descriptor, diff ID; bottom-most first) snapshots of the
+/// store and returns their records, in order. Layers whose chain ID the store has (with its
+/// blob) are kept as they are; a blob the store has is unpacked from the store; the rest is
+/// downloaded from `source` (at most `concurrency` at once), each blob verified against its
+/// digest and size and its content against the diff ID before anything is committed. Shared by
+/// `kiln pull` and the build-cache import. The caller holds the ingest lock
+/// ([`Store::ingest`]) until whatever references the snapshots is recorded.
+pub(crate) fn install_layers(
+    store: &Store,
+    layers: &[(Descriptor, Digest)],
+    source: &dyn BlobSource,
+    concurrency: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<LayerRecord>, RegistryError> {
+    let diff_ids: Vec<Digest> = layers.iter().map(|(_, diff_id)| *diff_id).collect();
+    let chain = image::chain_ids(&diff_ids);
+    let mut plans = Vec::with_capacity(layers.len());
+    let mut jobs = Vec::new();
+    for (position, (descriptor, diff_id)) in layers.iter().enumerate() {
+        let existing = store
+            .snapshot(&chain[position])?
+            .filter(|existing| store.blobs().contains(&existing.blob));
+        if let Some(existing) = existing {
+            progress.event(Event::LayerExists(descriptor.digest));
+            plans.push(Plan::Existing(existing));
+            continue;
+        }
+        let from = if store.blobs().contains(&descriptor.digest) {
+            Source::Store
+        } else {
+            Source::Remote
+        };
+        plans.push(Plan::Fetch(jobs.len()));
+        jobs.push(Job {
+            descriptor: descriptor.clone(),
+            diff_id: *diff_id,
+            source: from,
+            prepared: store.prepare_snapshot()?,
+        });
+    }
+    let blobs = store.blobs().clone();
+    let results = pool::run(jobs, concurrency, |job| {
+        fetch_layer(source, &blobs, job, progress)
+    });
+    let mut fetched = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Some(Ok(layer)) => fetched.push(Some(layer)),
+            Some(Err(error)) => {
+                first_error.get_or_insert(error);
+                fetched.push(None);
+            }
+            None => fetched.push(None),
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let mut records = Vec::with_capacity(plans.len());
+    for (position, plan) in plans.into_iter().enumerate() {
+        let record = match plan {
+            Plan::Existing(record) => record,
+            Plan::Fetch(job) => {
+                let layer = fetched[job].take().ok_or_else(|| RegistryError::Protocol {
+                    registry: source.origin(),
+                    what: "a layer was not fetched".to_string(),
+                })?;
+                let record = LayerRecord {
+                    chain_id: chain[position],
+                    diff_id: layer.diff_id,
+                    blob: layer.blob.digest,
+                    media_type: layers[position].0.media_type.clone(),
+                    blob_size: layer.blob.size,
+                    size: layer.unpacked,
+                };
+                let parent = position.checked_sub(1).map(|parent| &chain[parent]);
+                store.commit_snapshot(layer.prepared, &record, parent)?;
+                record
+            }
+        };
+        records.push(record);
+    }
+    Ok(records)
 }
 
 fn parse<'a, T: serde::Deserialize<'a>>(
@@ -383,10 +449,11 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// A reader that hashes what passes through (the diff ID of a decompressed layer).
-struct Hashing<R> {
-    inner: R,
-    digest: DigestWriter<io::Sink>,
+/// A reader that hashes what passes through (the diff ID of a decompressed layer, the digest
+/// of a cache mount's blob).
+pub(crate) struct Hashing<R> {
+    pub inner: R,
+    pub digest: DigestWriter<io::Sink>,
 }
 
 impl<R: Read> Read for Hashing<R> {
@@ -420,9 +487,7 @@ fn unpack(
 
 /// Fetches one layer (from the registry, or the store's own blob), verifies it and unpacks it.
 fn fetch_layer(
-    registry: &Registry,
-    repository: &str,
-    scopes: &[String],
+    source: &dyn BlobSource,
     blobs: &Blobs,
     job: Job,
     progress: &dyn Progress,
@@ -445,9 +510,9 @@ fn fetch_layer(
             progress.event(Event::LayerExists(digest));
             (blob, stats, diff_id)
         }
-        Source::Registry => {
+        Source::Remote => {
             progress.event(Event::LayerPulling(digest));
-            let body = registry.blob(repository, &digest, scopes)?;
+            let body = source.open(&digest)?;
             let mut raw = Tee {
                 inner: body,
                 copy: DigestWriter::new(blobs.writer()?),
@@ -456,15 +521,15 @@ fn fetch_layer(
             // Read to the end whatever happened: the digest tells corruption from hostility.
             let drained = io::copy(&mut raw, &mut io::sink());
             let (actual, size, writer) = raw.copy.finish();
-            let read_error = |source| RegistryError::Read {
-                registry: registry.domain().to_string(),
+            let read_error = |error| RegistryError::Read {
+                registry: source.origin(),
                 what: format!("layer {digest}"),
-                source,
+                source: error,
             };
             drained.map_err(read_error)?;
             if actual != digest {
                 return Err(RegistryError::DigestMismatch {
-                    registry: registry.domain().to_string(),
+                    registry: source.origin(),
                     what: "layer",
                     expected: digest,
                     actual,
@@ -472,7 +537,7 @@ fn fetch_layer(
             }
             if size != job.descriptor.size {
                 return Err(RegistryError::SizeMismatch {
-                    registry: registry.domain().to_string(),
+                    registry: source.origin(),
                     what: "layer",
                     expected: digest,
                     size: job.descriptor.size,

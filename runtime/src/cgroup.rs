@@ -9,7 +9,10 @@
 //! (on v2, controllers must already be enabled at the root; kiln enables them only in
 //! `kiln/cgroup.subtree_control`). Nothing here writes to `/proc/sys`.
 //!
-//! Not here: the device allow-list on cgroup v2 (it needs a BPF device program). Freezing
+//! The device allow-list ([`crate::devices::DEFAULT_RULES`], unless privileged) is written to
+//! the v1 devices controller, or on v2 attached to `kiln/<id>` as a BPF device program.
+//!
+//! Not here: compiling and loading that program (`devices`). Freezing
 //! (`pause`), statistics and process listing are in `control`, joining from `exec` in `exec`;
 //! they find the directories through [`controller_dir`] and [`existing_dirs`].
 
@@ -32,24 +35,6 @@ const CPU_PERIOD: u64 = 100_000;
 const V1_CONTROLLERS: [&str; 8] = [
     "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio",
 ];
-
-/// Docker's default device rules (runc `AllowedDevices`): any node may be created, only
-/// these may be opened. Applied on v1 unless privileged.
-const DEVICE_RULES: [&str; 11] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",   // null
-    "c 1:5 rwm",   // zero
-    "c 1:7 rwm",   // full
-    "c 1:8 rwm",   // random
-    "c 1:9 rwm",   // urandom
-    "c 5:0 rwm",   // tty
-    "c 5:1 rwm",   // console
-    "c 5:2 rwm",   // ptmx
-    "c 136:* rwm", // pts
-];
-/// `/dev/net/tun`, allowed by current runc as well.
-const TUN_RULE: &str = "c 10:200 rwm";
 
 /// Which cgroup layout the host has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +173,7 @@ fn v1_settings(
     }
     if !privileged {
         settings.push(("devices", ("devices.deny", "a".into())));
-        for rule in DEVICE_RULES.iter().chain([&TUN_RULE]) {
+        for rule in &crate::devices::DEFAULT_RULES {
             settings.push(("devices", ("devices.allow", rule.to_string())));
         }
     }
@@ -284,7 +269,7 @@ impl Cgroup {
         match detect() {
             Layout::V1(mounts) => cgroup.create_v1(id, &mounts, resources, privileged)?,
             Layout::V2 { root, controllers } => {
-                cgroup.create_v2(id, &root, &controllers, resources)?
+                cgroup.create_v2(id, &root, &controllers, resources, privileged)?
             }
         }
         Ok(cgroup)
@@ -340,6 +325,7 @@ impl Cgroup {
         root: &Path,
         enabled: &[String],
         resources: &Resources,
+        privileged: bool,
     ) -> Result<(), RuntimeError> {
         let settings = v2_settings(resources);
         for (controller, _) in &settings {
@@ -362,6 +348,17 @@ impl Cgroup {
         self.dirs.push(dir.clone());
         for (_, (file, value)) in &settings {
             write(&dir.join(file), value)?;
+        }
+        if !privileged {
+            // v2 has no devices files: the same rules as a BPF device program, attached
+            // before any process joins (the container's PID 1 joins after `create`).
+            crate::devices::attach_device_filter(&dir, &crate::devices::DEFAULT_RULES).map_err(
+                |error| RuntimeError::Cgroup {
+                    step: "attaching the device allow-list to",
+                    path: dir.clone(),
+                    source: std::io::Error::other(error),
+                },
+            )?;
         }
         if enabled.iter().any(|name| name == "memory") {
             self.oom_file = Some(dir.join("memory.events"));
@@ -681,7 +678,8 @@ mod tests {
         // Unprivileged containers get the device allow-list.
         let devices = v1_settings(&Resources::default(), true, false).unwrap();
         assert_eq!(devices[0].1, ("devices.deny", "a".to_string()));
-        assert_eq!(devices.len(), 1 + DEVICE_RULES.len() + 1);
+        assert_eq!(devices.len(), 1 + crate::devices::DEFAULT_RULES.len());
+        assert_eq!(devices[1].1, ("devices.allow", "c *:* m".to_string()));
     }
 
     #[test]
@@ -708,6 +706,44 @@ mod tests {
                 "pids.max=max",
             ]
         );
+    }
+
+    /// The v2 path attaches Docker's allow-list to an unprivileged container's cgroup and
+    /// nothing to a privileged one's. Run on a test directory of the host's cgroup2
+    /// hierarchy (standing in for its root), whatever the controllers are bound to.
+    #[test]
+    #[allow(clippy::print_stderr, reason = "skip reasons")]
+    fn v2_containers_get_the_device_program_unless_privileged() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (cgroup2 directories, BPF programs)");
+            return;
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let Some(unified) = mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next() == Some("cgroup2"))
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        }) else {
+            eprintln!("skipped: no cgroup2 hierarchy is mounted");
+            return;
+        };
+        let root = unified.join(format!("kiln-test-v2-devices-{}", std::process::id()));
+        std::fs::create_dir(&root).unwrap();
+        for (privileged, programs) in [(false, 1), (true, 0)] {
+            let mut cgroup = Cgroup {
+                dirs: Vec::new(),
+                oom_file: None,
+                removed: false,
+            };
+            let result = cgroup.create_v2("c", &root, &[], &Resources::default(), privileged);
+            let attached = crate::devices::attached_device_programs(&root.join(KILN).join("c"));
+            cgroup.remove().unwrap();
+            result.unwrap();
+            assert_eq!(attached.unwrap(), programs, "privileged: {privileged}");
+        }
+        std::fs::remove_dir(root.join(KILN)).unwrap();
+        std::fs::remove_dir(&root).unwrap();
     }
 
     #[test]

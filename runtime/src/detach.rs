@@ -87,9 +87,44 @@ pub fn signal_container(id: &str, signal: i32) -> Result<bool, Errno> {
     }
 }
 
-/// Whether process `pid` exists (a zombie counts until it is reaped).
+/// Whether process `pid` is alive. A zombie (ended, not reaped yet) is not: a killed monitor
+/// or `kiln run` is reparented to the host's init, which may take seconds to reap it, and its
+/// container is gone all the same.
 pub fn process_exists(pid: i32) -> bool {
-    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
+    if pid <= 0 || matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    // `/proc/<pid>/stat`: `pid (comm) state ...`; comm may hold spaces and parentheses, so the
+    // state is the first field after the last `)`.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        // Gone between the two looks, or no /proc: trust the signal check.
+        Err(error) => error.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/<pid>/stat` field 22): with
+/// the pid, it names one process for as long as the system runs. None when there is no such
+/// process.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after `comm` start with field 3 (state); starttime is field 22.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is alive ([`process_exists`]) and is still the process that started at
+/// `start` ([`process_start_time`]; 0 skips that check), not a later one given a reused pid.
+pub fn process_alive_since(pid: i32, start: u64) -> bool {
+    process_exists(pid) && (start == 0 || process_start_time(pid) == Some(start))
 }
 
 /// Waits until process `pid` (any process, not only a child) has exited, or `timeout` has
@@ -649,5 +684,36 @@ mod tests {
         assert!(wait_for_exit(pid, Some(Duration::from_secs(5))));
         child.wait().unwrap();
         assert!(!process_exists(pid));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_process_that_started_earlier() {
+        let me = std::process::id() as i32;
+        let start = process_start_time(me).unwrap();
+        assert!(process_alive_since(me, start));
+        assert!(process_alive_since(me, 0));
+        assert!(!process_alive_since(me, start + 1));
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let child_start = process_start_time(child.id() as i32).unwrap();
+        assert!(child_start >= start);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(process_start_time(child.id() as i32), None);
+    }
+
+    #[test]
+    fn a_zombie_does_not_count_as_alive() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(wait_for_exit(pid, Some(Duration::from_secs(5))));
+        // Exited but not reaped yet: a zombie.
+        assert!(
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap()
+                .contains(") Z ")
+        );
+        assert!(!process_exists(pid));
+        child.wait().unwrap();
+        assert!(process_exists(std::process::id() as i32));
     }
 }

@@ -16,6 +16,12 @@
 //! SIGINT/SIGTERM/SIGHUP/SIGQUIT to it, reaps it and reports back over a pipe, as the init of
 //! `run` does.
 //!
+//! Non-dumpable does not stop a container process that holds `CAP_SYS_PTRACE`
+//! (`--cap-add SYS_PTRACE`, `--privileged`): it may open `/proc/<pid>/exe` of the child while
+//! the child still runs kiln code (the runc CVE-2019-5736 class). For such containers the
+//! exec parent is started from a read-only bind mount of the kiln binary in a mount namespace
+//! of its own ([`read_only_binary`]), so that file can never be opened for writing.
+//!
 //! Nothing is mounted or changed in the container: the process only joins what exists. No
 //! host fd reaches the command (everything above 2 is close-on-exec), and `/proc/self/exe` of
 //! the exec'd process is the command.
@@ -615,6 +621,10 @@ fn spawn(
         crate::run::pipe().map_err(init_error(program, "creating a pipe"))?;
     let inherited = [message_read.as_raw_fd(), report_write.as_raw_fd()];
     let console_fd = message.console_fd;
+    let read_only = (message.capabilities & (1 << CAP_SYS_PTRACE) != 0)
+        .then(|| std::ffi::CString::new(program.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .map_err(|error| init_error(program, "naming the kiln binary")(error.into()))?;
     let mut command = Command::new(program);
     command
         .args(program_args)
@@ -624,7 +634,8 @@ fn spawn(
         .stdout(io.stdout)
         .stderr(io.stderr);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (fcntl, prctl) on integers; it allocates nothing.
+    // async-signal-safe calls (fcntl, prctl, unshare, mount) on integers and on a string
+    // made before the fork; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             for fd in inherited.into_iter().chain(console_fd) {
@@ -635,6 +646,9 @@ fn spawn(
             if attached && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(program) = &read_only {
+                read_only_binary(program)?;
             }
             Ok(())
         })
@@ -648,6 +662,64 @@ fn spawn(
     // missing report.
     let _ = std::fs::File::from(message_write).write_all(&payload);
     Ok((child, std::fs::File::from(report_read)))
+}
+
+/// The capability that lets a container process open `/proc/<pid>/exe` of a non-dumpable
+/// process (`ptrace_may_access` lets `CAP_SYS_PTRACE` in the process's user namespace
+/// through, and kiln uses no user namespace).
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Makes `program` (the kiln binary, about to be executed as the exec parent) read-only for
+/// this process and everything it starts, without touching the host: a mount namespace of
+/// its own (a slave of the host's, so host unmounts still reach it and nothing goes back),
+/// and `program` bind-mounted read-only over itself there. After `execve(program)`, the
+/// exec parent's and its child's `/proc/<pid>/exe` name the binary through that read-only
+/// mount: opening it for writing, directly or by reopening an `O_PATH` fd, fails with
+/// `EROFS`, and the mount cannot be made writable from the container (it is in no
+/// namespace the container can reach). This is the CVE-2019-5736 (runc) class: a container
+/// process with `CAP_SYS_PTRACE` may open `/proc/<pid>/exe` of the exec child while it
+/// still runs kiln code, since non-dumpable does not stop that capability.
+///
+/// Why not a sealed memfd copy (runc 1.1): it costs a copy of the whole binary per exec
+/// (tens to hundreds of megabytes); the bind mount costs one mount-table copy. runc 1.2
+/// also prefers a read-only mount (an overlayfs or bind mount of the binary) over the copy.
+///
+/// Runs between `fork` and `execve`: only system calls on `program`, made before the fork.
+fn read_only_binary(program: &std::ffi::CStr) -> std::io::Result<()> {
+    let check = |result: libc::c_int| {
+        if result == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let none = std::ptr::null::<libc::c_char>();
+    // SAFETY: unshare and mount take integers, NUL-terminated strings that live across the
+    // calls (`program`, literals) or null pointers where the kernel accepts them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            program.as_ptr(),
+            program.as_ptr(),
+            none,
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            none,
+            program.as_ptr(),
+            none,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            std::ptr::null(),
+        ))
+    }
 }
 
 /// The entry of the re-executed exec parent. Call it first thing in `main` when the program
@@ -1010,6 +1082,13 @@ fn enter_and_exec(
         last_cap,
         user: &user,
     })?;
+    // Still non-dumpable (inherited from the exec parent), unless changing the user made
+    // the kernel apply `fs.suid_dumpable` = 1: nothing in the container may open this
+    // process's `/proc/<pid>/exe` or memory before `execve` (which resets it).
+    // SAFETY: integer-only prctl, no memory is passed.
+    if unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        set_dumpable(false)?;
+    }
     let env = container_env(spec, &user);
     crate::container::exec(&spec.args, &env)
 }

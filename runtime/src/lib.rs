@@ -16,13 +16,17 @@
 //! cgroup, confined as its PID 1 is); [`pause_container`], [`container_usage`] and
 //! [`container_processes`] freeze, measure and list a running container through its cgroup.
 //!
-//! Not here yet: user namespaces, the device allow-list on cgroup v2, AppArmor/SELinux.
+//! The device allow-list is [`devices`]: Docker's rules, written to the v1 devices
+//! controller or attached to the v2 cgroup as a BPF device program.
+//!
+//! Not here yet: user namespaces, AppArmor/SELinux.
 
 mod caps;
 mod cgroup;
 mod container;
 mod control;
 mod detach;
+pub mod devices;
 mod error;
 mod exec;
 mod forward;
@@ -46,8 +50,8 @@ pub use control::{
 };
 pub use detach::{
     AttachEnd, AttachOptions, AttachServer, AttachStream, attach, connect_attach,
-    parse_detach_keys, parse_signal, process_exists, signal_container, spawn_detached,
-    wait_for_exit,
+    parse_detach_keys, parse_signal, process_alive_since, process_exists, process_start_time,
+    signal_container, spawn_detached, wait_for_exit,
 };
 pub use error::{
     ContainerError, EXIT_ENGINE_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, Errno, LimitError,

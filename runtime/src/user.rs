@@ -13,7 +13,9 @@ pub struct ExecUser {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary group ids (primary excluded, no duplicates, file order).
+    /// Supplementary group ids: the primary group first (moby's `getUser` always adds it to
+    /// `AdditionalGids`, so `id` shows `groups=GID`), then memberships in file order, no
+    /// duplicates.
     pub groups: Vec<u32>,
     /// Home directory from passwd, `/` when the user is not listed (Docker's default).
     pub home: String,
@@ -91,8 +93,9 @@ fn parse_id(text: &str) -> Option<Result<u32, ()>> {
 /// Resolves `user` (`None` means root) against passwd and group text.
 ///
 /// A numeric user or group not in the files is used as is; a name not in the files is an
-/// error. Supplementary groups come from `/etc/group` membership only when no group was given
-/// (moby: "supplementary group ids only make sense if in the implicit form").
+/// error. The supplementary groups are the primary group, then `/etc/group` memberships only
+/// when no group was given (moby: "supplementary group ids only make sense if in the implicit
+/// form").
 pub fn resolve(user: Option<&str>, passwd: &str, group: &str) -> Result<ExecUser, ContainerError> {
     let spec = user.unwrap_or("0");
     let (user_part, group_part) = match spec.split_once(':') {
@@ -151,6 +154,7 @@ pub fn resolve(user: Option<&str>, passwd: &str, group: &str) -> Result<ExecUser
             }
         }
     }
+    groups.insert(0, gid);
     Ok(ExecUser {
         uid,
         gid,
@@ -180,7 +184,7 @@ mod tests {
             ExecUser {
                 uid: 0,
                 gid: 0,
-                groups: vec![10],
+                groups: vec![0, 10],
                 home: "/root".into()
             }
         );
@@ -193,7 +197,7 @@ mod tests {
             ExecUser {
                 uid: 1000,
                 gid: 1000,
-                groups: vec![2000],
+                groups: vec![1000, 2000],
                 home: "/home/app".into()
             }
         );
@@ -208,7 +212,7 @@ mod tests {
     fn explicit_group_replaces_primary_and_drops_supplementary_groups() {
         let resolved = user(Some("1000:2000")).unwrap();
         assert_eq!((resolved.uid, resolved.gid), (1000, 2000));
-        assert!(resolved.groups.is_empty());
+        assert_eq!(resolved.groups, [2000]);
         assert_eq!(user(Some("app:extra")).unwrap().gid, 2000);
     }
 
@@ -219,7 +223,7 @@ mod tests {
             ExecUser {
                 uid: 4242,
                 gid: 4343,
-                groups: vec![],
+                groups: vec![4343],
                 home: "/".into()
             }
         );

@@ -26,7 +26,7 @@ pub use apply::{ApplyOptions, ApplyStats, DeviceNodes, Whiteouts, apply_layer};
 pub(crate) use compression::Compressor;
 pub use compression::{Compression, DetectedCompression, decompress};
 pub use name::UnsafeNameReason;
-pub use write::{LayerDigests, LayerSource, WriteOptions, write_layer};
+pub use write::{LayerDigests, LayerSource, WriteOptions, write_layer, write_layer_tar};
 
 /// The name prefix of a whiteout entry: `.wh.<name>` deletes `<name>` from lower layers.
 pub const WHITEOUT_PREFIX: &str = ".wh.";

@@ -118,6 +118,29 @@ pub fn write_layer(
     })
 }
 
+/// Writes the uncompressed layer tar of `source` to `out`, as [`write_layer`] does, without
+/// computing any digest: for callers that hash what they store themselves (a build step's
+/// layer, hashed once by the blob writer). `out` is flushed, not closed.
+pub fn write_layer_tar(
+    source: LayerSource<'_>,
+    out: impl Write,
+    source_date_epoch: Option<i64>,
+) -> Result<(), LayerError> {
+    let (root, overlay) = match source {
+        LayerSource::Directory(path) => (path, false),
+        LayerSource::OverlayUpper(path) => (path, true),
+    };
+    let mut writer = LayerWriter {
+        builder: Builder::new(BufWriter::with_capacity(256 * 1024, out)),
+        overlay,
+        source_date_epoch,
+        hardlinks: HashMap::new(),
+    };
+    writer.write_tree(root)?;
+    let mut out = writer.builder.into_inner().map_err(LayerError::Output)?;
+    out.flush().map_err(LayerError::Output)
+}
+
 struct LayerWriter<W: Write> {
     builder: Builder<W>,
     overlay: bool,

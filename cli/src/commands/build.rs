@@ -1,14 +1,14 @@
 //! `kiln build` and `kiln builder prune|du`: the CLI side of the builder (flags, progress
 //! rendering, errors pointing at the Dockerfile).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_builder::build::{
-    BuildError, BuildNetwork, BuildOptions, Event, NamedContext, Progress, Sandbox, build,
+    BuildError, BuildNetwork, BuildOptions, ImageSource, NamedContext, Sandbox, build,
 };
 use kiln_builder::context::{self, Context};
 use kiln_builder::export::{self, Destination, Output};
@@ -16,8 +16,10 @@ use kiln_builder::ignore;
 use kiln_cache::buildcache::PruneOptions;
 use kiln_cache::layer::Compression;
 use kiln_cache::reference::Reference;
+use kiln_registry::PullPolicy;
 
 use super::{Global, open_store};
+use crate::progress::{Display, Mode};
 use crate::{Exit, INIT_MARKER, human, output};
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +45,8 @@ pub struct BuildArgs {
     /// Do not use the cache for these stages (name or index; repeatable)
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     no_cache_filter: Vec<String>,
-    /// Accepted for compatibility: base images come from the local store until registries land
+    /// Pull every image the build names, even when the store has it (default: pull only
+    /// missing images)
     #[arg(long)]
     pull: bool,
     /// Print only the image ID on success
@@ -64,6 +67,16 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: id=ID[,src=FILE|,env=VARIABLE] (repeatable)
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
+    /// The target platform: only this machine's (e.g. linux/amd64); kiln runs no emulator
+    #[arg(long, value_name = "PLATFORM", value_delimiter = ',')]
+    platform: Vec<String>,
+    /// An SSH agent socket for RUN --mount=type=ssh: default ($SSH_AUTH_SOCK) or ID=SOCKET
+    /// (repeatable)
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    ssh: Vec<String>,
+    /// Only check the Dockerfile (lint warnings, as `kiln check`), without building
+    #[arg(long)]
+    check: bool,
     /// Say why each step that ran could not come from the cache (the input that changed)
     #[arg(long = "explain-cache")]
     explain_cache: bool,
@@ -81,66 +94,49 @@ pub struct BuildArgs {
     /// (repeatable)
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
+    /// Export the build cache: type=registry,ref=REF or type=local,dest=DIR, with
+    /// [,mode=min|max][,cache-mounts=true][,ignore-error=true] (repeatable)
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Import a build cache first: type=registry,ref=REF, type=local,src=DIR or REF (repeatable)
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
     /// The build context: a directory, a tar archive (plain or compressed), or `-` to read a
     /// context archive or a Dockerfile (no context) from stdin
     context: String,
 }
 
-/// Plain progress lines, as BuildKit's `--progress plain` prints them (to stderr).
-struct PlainProgress {
-    start: Instant,
-    explain: bool,
-    quiet: bool,
-    /// Step number → when it started.
-    started: Mutex<BTreeMap<usize, Instant>>,
-    warnings: Mutex<Vec<String>>,
+/// `kiln build`'s [`ImageSource`]: images from the registry, as `--pull` says (every image
+/// the build names once per build with `--pull`, else only missing ones).
+#[derive(Debug)]
+struct Pulls {
+    policy: PullPolicy,
+    client: kiln_registry::ClientOptions,
+    /// Names already brought in during this build.
+    done: Mutex<BTreeSet<String>>,
 }
 
-impl Progress for PlainProgress {
-    fn event(&self, event: Event) {
-        if self.quiet {
-            if let Event::Warning { message } = event
-                && let Ok(mut warnings) = self.warnings.lock()
-            {
-                warnings.push(message);
-            }
-            return;
+impl ImageSource for Pulls {
+    fn ensure(
+        &self,
+        store: &mut kiln_cache::store::Store,
+        name: &str,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.done.lock().is_ok_and(|done| done.contains(name)) {
+            return Ok(());
         }
-        let text = match event {
-            Event::Started { step, name } => {
-                if let Ok(mut started) = self.started.lock() {
-                    started.insert(step, Instant::now());
-                }
-                format!("#{step} {name}\n")
-            }
-            Event::Cached { step } => format!("#{step} CACHED\n"),
-            Event::Missed { step, reason } => {
-                if !self.explain {
-                    return;
-                }
-                format!("#{step} cache miss: {reason}\n")
-            }
-            Event::Output { step, line } => {
-                let since = self
-                    .started
-                    .lock()
-                    .ok()
-                    .and_then(|started| started.get(&step).map(Instant::elapsed))
-                    .unwrap_or_default();
-                format!("#{step} {:.3} {line}\n", since.as_secs_f64())
-            }
-            Event::Done { step, elapsed } => {
-                format!("#{step} DONE {:.1}s\n", elapsed.as_secs_f64())
-            }
-            Event::Failed { step } => format!("#{step} ERROR\n"),
-            Event::Warning { message } => {
-                if let Ok(mut warnings) = self.warnings.lock() {
-                    warnings.push(message);
-                }
-                return;
-            }
-        };
-        output::err(&text);
+        kiln_registry::ensure_image(
+            store,
+            name,
+            self.policy,
+            &self.client,
+            &kiln_registry::PullOptions::default(),
+            &kiln_registry::Silent,
+        )?;
+        if let Ok(mut done) = self.done.lock() {
+            done.insert(name.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -159,15 +155,36 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         Ok(network) => network,
         Err(message) => return output::error(message),
     };
-    match args.progress.as_str() {
-        "auto" | "plain" | "tty" | "rawjson" | "quiet" => {}
-        other => {
+    let mode = match Mode::parse(&args.progress, args.quiet) {
+        Ok(mode) => mode,
+        Err(message) => return output::error(message),
+    };
+    let quiet = mode == Mode::Quiet;
+    if args.check {
+        let context = PathBuf::from(&args.context);
+        let file = match (&args.file, args.context.as_str()) {
+            (Some(file), _) => Some(file.clone()),
+            (None, "-") => Some(PathBuf::from("-")),
+            (None, _) => None,
+        };
+        return super::check::run(super::check::Args::for_build(
+            file,
+            args.build_args.clone(),
+            context,
+        ));
+    }
+    for platform in &args.platform {
+        if !kiln_builder::build::is_host_platform(platform) {
             return output::error(format!(
-                "invalid --progress {other:?}: use auto, plain, tty, rawjson or quiet"
+                "platform {platform:?} is not supported: kiln builds for this machine's platform ({}) only, with no emulation",
+                kiln_registry::Platform::host()
             ));
         }
     }
-    let quiet = args.quiet || args.progress == "quiet";
+    let ssh = match ssh_sockets(&args.ssh) {
+        Ok(ssh) => ssh,
+        Err(message) => return output::error(message),
+    };
     let export = match args.output.as_deref().map(Output::parse).transpose() {
         Ok(export) => export.unwrap_or(Output::Image),
         Err(error) => return output::error_of(&error),
@@ -337,11 +354,16 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
             Err(message) => return output::error(message),
         }
     }
-    if args.pull && !quiet {
-        output::err(
-            "#0 --pull: kiln has no registry client yet; base images come from the local store\n",
-        );
-    }
+    let build_cache = match super::registry::BuildCache::prepare(
+        global,
+        &mut store,
+        &args.cache_from,
+        &args.cache_to,
+        quiet,
+    ) {
+        Ok(build_cache) => build_cache,
+        Err(exit) => return exit,
+    };
     let options = BuildOptions {
         dockerfile_name: name.clone(),
         dockerfile: text.clone(),
@@ -367,27 +389,26 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         // (`save` writes layers uncompressed, as `docker save` does).
         compression: Compression::None,
         secrets,
+        ssh,
         named_contexts,
+        images: Some(Box::new(Pulls {
+            policy: if args.pull {
+                PullPolicy::Always
+            } else {
+                PullPolicy::Missing
+            },
+            client: super::registry::client_options(global),
+            done: Mutex::new(BTreeSet::new()),
+        })),
     };
-    let progress = PlainProgress {
-        start: Instant::now(),
-        explain: args.explain_cache,
-        quiet,
-        started: Mutex::new(BTreeMap::new()),
-        warnings: Mutex::new(Vec::new()),
-    };
+    let mut progress = Display::start(mode, args.explain_cache);
     let result = build(&mut store, &options, &progress);
-    let warnings = progress
-        .warnings
-        .lock()
-        .map(|w| w.clone())
-        .unwrap_or_default();
-    for warning in &warnings {
-        output::err(&format!("[Warning] {warning}\n"));
-    }
     let built = match result {
         Ok(built) => built,
-        Err(error) => return report(&name, &text, error),
+        Err(error) => {
+            progress.finish(Some(&error.to_string()));
+            return report(&name, &text, error);
+        }
     };
     if let Err(error) = export::export(
         &store,
@@ -396,36 +417,26 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
         &tags,
         &mut std::io::stdout().lock(),
     ) {
+        progress.finish(Some(&error.to_string()));
         return output::error_of(&error);
     }
     if !quiet {
-        let step = progress.started.lock().map(|s| s.len()).unwrap_or(0) + 1;
         let kind = match &export {
             Output::Image | Output::Docker { .. } => "image",
             Output::Local(_) => "client directory",
             Output::Tar(_) => "client tarball",
             Output::Oci { .. } => "oci image format",
         };
-        let mut lines = format!(
-            "#{step} exporting to {kind}\n#{step} writing image {} done\n",
-            built.image
-        );
+        let mut lines = vec![format!("writing image {} done", built.image)];
         let named = if export.tags_in_store() {
             tags.as_slice()
         } else {
             &[]
         };
         for tag in named {
-            lines.push_str(&format!(
-                "#{step} naming to {} done\n",
-                tag.clone().with_default_tag()
-            ));
+            lines.push(format!("naming to {} done", tag.clone().with_default_tag()));
         }
-        lines.push_str(&format!(
-            "#{step} DONE {:.1}s\n",
-            progress.start.elapsed().as_secs_f64()
-        ));
-        output::err(&lines);
+        progress.exported(kind, &lines);
     } else if !matches!(
         export,
         Output::Tar(Destination::Stdout)
@@ -440,6 +451,10 @@ pub fn run(global: &Global, args: BuildArgs) -> Exit {
     ) {
         // The ID on stdout, unless stdout carries the exported archive.
         output::out(&format!("{}\n", built.image));
+    }
+    progress.finish(None);
+    if let Err(exit) = build_cache.finish(&store, &built.image) {
+        return exit;
     }
     if let Some(path) = &args.iidfile
         && let Err(error) = std::fs::write(path, built.image.to_string())
@@ -680,6 +695,44 @@ fn parse_duration(text: &str) -> Option<Duration> {
         any = true;
     }
     (number.is_empty() && any).then(|| Duration::from_secs_f64(total))
+}
+
+/// `--ssh default|ID[=SOCKET]` values (repeatable, or comma-separated): agent sockets by id.
+/// A bare id (`default` above all) means `$SSH_AUTH_SOCK`. kiln forwards sockets only, not
+/// key files (BuildKit's `ID=KEYFILE`).
+fn ssh_sockets(specs: &[String]) -> Result<BTreeMap<String, PathBuf>, String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let mut sockets = BTreeMap::new();
+    for spec in specs.iter().flat_map(|spec| spec.split(',')) {
+        let (id, path) = match spec.split_once('=') {
+            Some((id, path)) => (id, PathBuf::from(path)),
+            None => match std::env::var_os("SSH_AUTH_SOCK").filter(|value| !value.is_empty()) {
+                Some(path) => (spec, PathBuf::from(path)),
+                None => {
+                    return Err(format!(
+                        "--ssh {spec}: SSH_AUTH_SOCK is not set (start an agent or give {spec}=SOCKET)"
+                    ));
+                }
+            },
+        };
+        if id.is_empty() {
+            return Err(format!(
+                "invalid --ssh {spec:?}: expected default or ID=SOCKET"
+            ));
+        }
+        let metadata = std::fs::metadata(&path)
+            .map_err(|error| format!("--ssh {id}: {}: {error}", path.display()))?;
+        if !metadata.file_type().is_socket() {
+            return Err(format!(
+                "--ssh {id}: {} is not a socket (kiln forwards SSH agent sockets, not key files)",
+                path.display()
+            ));
+        }
+        let path = std::path::absolute(&path)
+            .map_err(|error| format!("--ssh {id}: {}: {error}", path.display()))?;
+        sockets.insert(id.to_string(), path);
+    }
+    Ok(sockets)
 }
 
 /// `--secret id=ID[,src=FILE|,env=VAR][,type=file|env]`, as docker buildx takes it (a bare

@@ -67,9 +67,18 @@ pub struct CommitArgs {
     /// LABEL, ONBUILD, USER, VOLUME, WORKDIR, STOPSIGNAL, ...)
     #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
     changes: Vec<String>,
-    /// Pause the container during commit (kiln's containers are never running while it reads
-    /// them yet; accepted for compatibility)
-    #[arg(short = 'p', long)]
+    /// Pause the container during commit (default true, as Docker: `--pause=false` or
+    /// `-p=false` lets a running container go on writing while its changes are read)
+    #[arg(
+        short = 'p',
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
     pause: bool,
     /// The container
     container: String,
@@ -115,7 +124,17 @@ pub fn commit(global: &Global, args: CommitArgs) -> Exit {
         compression: kiln_cache::layer::Compression::Gzip,
         created: None,
     };
-    match commit_container(&mut store, &record, &options) {
+    // Docker freezes a running container while its upper dir is read, so the layer is one
+    // consistent moment of it; one paused by hand stays paused.
+    let freeze = args.pause
+        && running(&record)
+        && !kiln_runtime::container_paused(&record.id)
+        && kiln_runtime::pause_container(&record.id).is_ok();
+    let committed = commit_container(&mut store, &record, &options);
+    if freeze {
+        let _ = kiln_runtime::unpause_container(&record.id);
+    }
+    match committed {
         Ok(id) => {
             output::out(&format!("{id}\n"));
             Exit::Success
@@ -210,8 +229,16 @@ pub fn cp(global: &Global, args: CpArgs) -> Exit {
             } else {
                 CopyTarget::Path(Path::new(&args.destination))
             };
-            let result = ContainerFs::of(&store, &record)
-                .and_then(|fs| fs.copy_out(source, target, &options));
+            // A running container is read through its live root, which shows its volumes and
+            // binds as Docker's cp does; a stopped one through its layers.
+            let live = running(&record)
+                .then(|| kiln_runtime::container_pid(&record.id))
+                .flatten();
+            let fs = match live {
+                Some(pid) => Ok(ContainerFs::new(format!("/proc/{pid}/root"), Vec::new())),
+                None => ContainerFs::of(&store, &record),
+            };
+            let result = fs.and_then(|fs| fs.copy_out(source, target, &options));
             (name, result)
         }
         (None, Some((name, destination))) => {
@@ -219,17 +246,22 @@ pub fn cp(global: &Global, args: CpArgs) -> Exit {
                 Ok(found) => found,
                 Err(exit) => return exit,
             };
-            if running(&record) {
-                return output::error(format!(
-                    "container {name} is running: copying into a running container is not supported yet"
-                ));
-            }
             let stdin = std::io::stdin().lock();
             let source = if args.source == "-" {
                 CopySource::Archive(stdin)
             } else {
                 CopySource::Path(Path::new(&args.source))
             };
+            let live = running(&record)
+                .then(|| kiln_runtime::container_pid(&record.id))
+                .flatten();
+            if let Some(pid) = live {
+                return match copy_into_running(&store, &record, pid, source, destination, &options)
+                {
+                    Ok(()) => Exit::Success,
+                    Err(message) => output::error(format!("container {name}: {message}")),
+                };
+            }
             let result = ContainerFs::of(&store, &record)
                 .and_then(|fs| fs.copy_in(source, destination, &options));
             (name, result)
@@ -239,6 +271,61 @@ pub fn cp(global: &Global, args: CpArgs) -> Exit {
         Ok(()) => Exit::Success,
         Err(error) => output::error(format!("container {name}: {}", chain(&error))),
     }
+}
+
+/// `cp` into a running container, whose overlay is mounted: its upper dir must not be written
+/// behind overlayfs's back. The copy is made with Docker's rules into an empty staging upper
+/// dir over the container's live root (`/proc/<pid>/root`, which shows its volumes and binds
+/// too), then that staging layer is applied onto the live root through the mount, every path
+/// resolved inside it (`openat2(RESOLVE_IN_ROOT)`), so what lands on a volume lands in the
+/// volume as with Docker. The staging dir is in the container's directory and removed after.
+fn copy_into_running<R: std::io::Read>(
+    store: &Store,
+    record: &ContainerRecord,
+    pid: i32,
+    source: CopySource<'_, R>,
+    destination: &str,
+    options: &CopyOptions,
+) -> Result<(), String> {
+    use kiln_cache::layer::{
+        ApplyOptions, Compression, DeviceNodes, LayerSource, Whiteouts, WriteOptions, apply_layer,
+        write_layer,
+    };
+    let live_root = PathBuf::from(format!("/proc/{pid}/root"));
+    let staging = tempfile::Builder::new()
+        .prefix("cp-running-")
+        .tempdir_in(store.container_dir(&record.id))
+        .map_err(|error| format!("making a staging directory: {error}"))?;
+    let upper = staging.path().join("upper");
+    std::fs::create_dir(&upper).map_err(|error| format!("{}: {error}", upper.display()))?;
+    ContainerFs::new(&upper, vec![live_root.clone()])
+        .copy_in(source, destination, options)
+        .map_err(|error| chain(&error))?;
+    let layer_path = staging.path().join("layer.tar");
+    let layer = std::fs::File::create(&layer_path)
+        .map_err(|error| format!("{}: {error}", layer_path.display()))?;
+    let write = WriteOptions {
+        compression: Compression::None,
+        source_date_epoch: None,
+    };
+    write_layer(
+        LayerSource::OverlayUpper(&upper),
+        std::io::BufWriter::new(layer),
+        &write,
+    )
+    .map_err(|error| chain(&error))?;
+    let layer = std::fs::File::open(&layer_path)
+        .map_err(|error| format!("{}: {error}", layer_path.display()))?;
+    // Ownership as the staging copy has it (the container's root, or the source's with -a).
+    let apply = ApplyOptions {
+        whiteouts: Whiteouts::Apply,
+        preserve_ownership: true,
+        devices: DeviceNodes::Create,
+        xattrs: true,
+    };
+    apply_layer(&live_root, std::io::BufReader::new(layer), &apply)
+        .map(drop)
+        .map_err(|error| chain(&error))
 }
 
 /// An error and its causes, `: `-separated.

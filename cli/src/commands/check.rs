@@ -29,6 +29,18 @@ pub struct Args {
     context: PathBuf,
 }
 
+impl Args {
+    /// `kiln build --check`'s arguments: the build's Dockerfile, build arguments and context.
+    pub fn for_build(file: Option<PathBuf>, build_args: Vec<String>, context: PathBuf) -> Args {
+        Args {
+            file,
+            build_args,
+            check: None,
+            context,
+        }
+    }
+}
+
 pub fn run(args: Args) -> Exit {
     let path = args
         .file

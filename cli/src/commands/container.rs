@@ -11,8 +11,11 @@ use kiln_builder::container::{ProcessOptions, process_config};
 use kiln_cache::container::{
     ContainerRecord, ContainerState, LogEntry, LogReader, LogStream, Status,
 };
+use kiln_cache::digest::Digest;
 use kiln_cache::image::ImageConfig;
+use kiln_cache::reference::Reference;
 use kiln_cache::store::Store;
+use kiln_registry::{PullOptions, PullPolicy};
 use kiln_runtime::{Dns, HostEntry, Network, Resources, Seccomp, Spec, Ulimit};
 use serde_json::{Value, json};
 
@@ -132,12 +135,28 @@ pub struct RunArgs {
     /// Security options: seccomp=unconfined|PROFILE.json, no-new-privileges[=true|false]
     #[arg(long = "security-opt")]
     security_opts: Vec<String>,
+    /// Pull image before running: always, missing (when the store has no such image) or never
+    #[arg(long, default_value = "missing", value_name = "POLICY")]
+    pull: String,
     #[command(flatten)]
     supervision: super::attach::SupervisionArgs,
-    /// The image
-    image: String,
-    /// The command and its arguments (replace the image's CMD)
-    args: Vec<String>,
+    /// The image, then the command and its arguments (they replace the image's CMD). One
+    /// positional so that everything after the image goes to the container untouched, as
+    /// with Docker (`kiln run IMAGE -c x` passes `-c x`; flags go before the image)
+    #[arg(required = true, value_names = ["IMAGE", "COMMAND"], num_args = 1..)]
+    image_and_command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The image named on the command line.
+    fn image(&self) -> &str {
+        &self.image_and_command[0]
+    }
+
+    /// The command and arguments after the image (empty: the image's default).
+    fn command(&self) -> &[String] {
+        &self.image_and_command[1..]
+    }
 }
 
 /// Reads an `--env-file`: `NAME=VALUE` or `NAME` lines; blank lines and `#` comments skipped.
@@ -155,7 +174,9 @@ fn env_file(path: &Path) -> Result<Vec<String>, String> {
 fn unsupported(args: &RunArgs) -> Option<String> {
     if !args.publish.is_empty() {
         return Some(
-            "-p needs bridge networking, which kiln does not have yet; use --network host".into(),
+            "-p/--publish is not supported yet: bridge network (port publishing) is a later \
+             kiln feature; with --network host the container's ports are the host's"
+                .into(),
         );
     }
     None
@@ -204,15 +225,25 @@ fn run_or_create(global: &Global, args: RunArgs, create_only: bool) -> Exit {
         Ok(parsed) => parsed,
         Err(message) => return output::error(message),
     };
-    let store = match open_store(global) {
+    let policy = match args.pull.as_str() {
+        "always" => PullPolicy::Always,
+        "missing" => PullPolicy::Missing,
+        "never" => PullPolicy::Never,
+        other => {
+            return output::error(format!(
+                "invalid pull option: '{other}': must be one of \"always\", \"missing\" or \"never\""
+            ));
+        }
+    };
+    let mut store = match open_store(global) {
         Ok(store) => store,
         Err(exit) => return exit,
     };
-    let image = match store.resolve(&args.image).and_then(|id| store.image(&id)) {
+    let image = match image_for_run(global, &mut store, args.image(), policy)
+        .and_then(|id| store.image(&id).map_err(|error| output::error_of(&error)))
+    {
         Ok(image) => image,
-        Err(error) => {
-            return output::error(format!("unable to find image '{}': {error}", args.image));
-        }
+        Err(exit) => return exit,
     };
     let image_config: ImageConfig = match store
         .blobs()
@@ -236,8 +267,8 @@ fn run_or_create(global: &Global, args: RunArgs, create_only: bool) -> Exit {
         Err(message) => return output::error(message),
     };
     let options = ProcessOptions {
-        image_name: args.image.clone(),
-        args: args.args.clone(),
+        image_name: args.image().to_string(),
+        args: args.command().to_vec(),
         entrypoint: args.entrypoint.clone(),
         env,
         working_dir: args.workdir.clone(),
@@ -278,6 +309,10 @@ fn run_or_create(global: &Global, args: RunArgs, create_only: bool) -> Exit {
         Ok(resolved) => resolved,
         Err(message) => return output::error(message),
     };
+    let (entrypoint, cmd) =
+        entrypoint_and_cmd(&image_config, args.entrypoint.as_deref(), args.command());
+    config.entrypoint = Some(entrypoint);
+    config.cmd = Some(cmd);
     config.volumes_from = args.volumes_from.clone();
     config.extra_hosts = args.add_hosts.clone();
     config.dns = args.dns.clone();
@@ -369,6 +404,7 @@ fn run_or_create(global: &Global, args: RunArgs, create_only: bool) -> Exit {
     let running = ContainerState {
         status: Status::Running,
         pid: std::process::id() as i32,
+        supervisor_start: crate::monitor::own_start_time(),
         started_at: Some(kiln_cache::import::creation_time()),
         ..ContainerState::default()
     };
@@ -399,6 +435,67 @@ fn run_or_create(global: &Global, args: RunArgs, create_only: bool) -> Exit {
         output::err(&format!("kiln: {error}\n"));
     }
     Exit::Code(u8::try_from(code.clamp(0, 255)).unwrap_or(125))
+}
+
+/// The image `name` names for `run`/`create`, pulled first as `policy` says, with Docker's
+/// lines on stderr (stdout is the container's): `Unable to find image 'busybox:latest'
+/// locally`, the pull's progress, then `Digest:` and `Status:`. A missing image with
+/// `--pull never` is Docker's `No such image: busybox:latest`. Errors are reported here.
+fn image_for_run(
+    global: &Global,
+    store: &mut Store,
+    name: &str,
+    policy: PullPolicy,
+) -> Result<Digest, Exit> {
+    let stored = store.resolve(name);
+    if policy != PullPolicy::Always
+        && let Ok(id) = stored
+    {
+        return Ok(id);
+    }
+    let Ok(reference) = Reference::parse(name).map(Reference::with_default_tag) else {
+        // Neither stored nor a valid reference: nothing to pull.
+        return Err(output::error(format!("No such image: {name}")));
+    };
+    if policy == PullPolicy::Never {
+        return Err(output::error(format!(
+            "No such image: {}",
+            reference.familiar()
+        )));
+    }
+    if stored.is_err() {
+        output::err(&format!(
+            "Unable to find image '{}' locally\n",
+            reference.familiar()
+        ));
+    }
+    let id = kiln_registry::ensure_image(
+        store,
+        name,
+        policy,
+        &super::registry::client_options(global),
+        &PullOptions::default(),
+        &super::registry::PULL_LINES_TO_STDERR,
+    )
+    .map_err(|error| output::error_of(&error))?;
+    // Docker ends a pull with the manifest digest the tag resolved to and a status line.
+    let repository = format!("{}@", reference.name());
+    if let Some(digest) = store.image(&id).ok().and_then(|image| {
+        image
+            .digests
+            .iter()
+            .find_map(|digest| digest.strip_prefix(&repository).map(str::to_string))
+    }) {
+        output::err(&format!("Digest: {digest}\n"));
+    }
+    // `--pull always` that finds the stored image current downloads nothing.
+    let status = if stored.is_ok_and(|before| before == id) {
+        "Image is up to date for"
+    } else {
+        "Downloaded newer image for"
+    };
+    output::err(&format!("Status: {status} {}\n", reference.familiar()));
+    Ok(id)
 }
 
 /// The resource limits, ulimits and security options of `run`.
@@ -529,21 +626,53 @@ pub(crate) fn supervisor(state: &ContainerState) -> i32 {
 }
 
 /// A container whose recorded supervisor (monitor or `kiln run` process) is gone is not running
-/// any more: its init died with it (parent-death signal).
+/// any more: its init died with it (parent-death signal). Such stale state (the supervisor was
+/// killed with SIGKILL, so it could not clean up) is repaired here, as Docker's daemon would
+/// have done at the exit: the container is recorded as exited with 137, its cgroup is removed,
+/// and a `--rm` container is removed with its anonymous volumes (callers listing containers
+/// skip it: see [`removed`]).
 pub(crate) fn current_state(store: &Store, record: &ContainerRecord) -> ContainerState {
-    let mut state = record.state.clone();
-    if matches!(state.status, Status::Running | Status::Restarting)
-        && !kiln_runtime::process_exists(supervisor(&state))
+    let state = record.state.clone();
+    if !matches!(state.status, Status::Running | Status::Restarting)
+        || kiln_runtime::process_alive_since(supervisor(&state), state.supervisor_start)
     {
-        state = ContainerState {
-            status: Status::Exited,
-            exit_code: 137,
-            finished_at: state.started_at.clone(),
-            ..state
-        };
+        return state;
+    }
+    // The supervisor is gone, so it writes no more: read the record again, since it may have
+    // recorded the real exit between our first read and its end.
+    let latest = match store.container(&record.id) {
+        Ok(latest) => latest.state,
+        Err(_) => {
+            return ContainerState {
+                status: Status::Exited,
+                ..state
+            };
+        }
+    };
+    if !matches!(latest.status, Status::Running | Status::Restarting) {
+        return latest;
+    }
+    let state = ContainerState {
+        status: Status::Exited,
+        exit_code: 137,
+        finished_at: Some(kiln_cache::import::creation_time()),
+        ..latest
+    };
+    let _ = kiln_runtime::remove_cgroup(&record.id);
+    if record.config.auto_remove {
+        if store.remove_container(&record.id).is_ok() {
+            let _ = store.remove_anonymous_volumes(&record.config.mounts);
+        }
+    } else {
         let _ = store.set_container_state(&record.id, &state);
     }
     state
+}
+
+/// Whether `record` is gone from the store: a `--rm` container whose stale state
+/// [`current_state`] just repaired by removing it.
+fn removed(store: &Store, record: &ContainerRecord) -> bool {
+    record.config.auto_remove && store.container(&record.id).is_err()
 }
 
 /// Whether a running container is paused (its cgroup frozen): Docker's `Paused` state.
@@ -590,6 +719,9 @@ pub struct PsArgs {
     /// Show the n last created containers
     #[arg(short = 'n', long)]
     last: Option<usize>,
+    /// Display total file sizes (the container's writable layer, and with its image)
+    #[arg(short = 's', long)]
+    size: bool,
     /// Filter output based on conditions provided (id=, name=, label=, status=, exited=,
     /// ancestor=, health=, before=, since=)
     #[arg(short = 'f', long = "filter", value_name = "FILTER")]
@@ -757,10 +889,17 @@ pub fn ps(global: &Global, args: PsArgs) -> Exit {
         Err(error) => return output::error_of(&error),
     };
     let limit = if args.latest { Some(1) } else { args.last };
+    // Docker computes sizes for `-s`, and for a format that shows them.
+    let with_size = args.size
+        || args
+            .format
+            .as_deref()
+            .is_some_and(|format| format.contains(".Size"));
     let show_all = args.all || limit.is_some() || filter.shows_all();
     let rows: Vec<Value> = containers
         .iter()
         .map(|record| (record, current_state(&store, record)))
+        .filter(|(record, _)| !removed(&store, record))
         .filter(|(_, state)| {
             show_all || matches!(state.status, Status::Running | Status::Restarting)
         })
@@ -777,18 +916,45 @@ pub fn ps(global: &Global, args: PsArgs) -> Exit {
         })
         .take(limit.unwrap_or(usize::MAX))
         .map(|(record, state)| {
-            let command = record.config.args.join(" ");
-            let command = if args.no_trunc || command.chars().count() <= 20 {
-                format!("\"{command}\"")
-            } else {
-                format!("\"{}…\"", command.chars().take(19).collect::<String>())
+            let trunc = |text: &str, width: usize| {
+                if args.no_trunc {
+                    text.to_string()
+                } else {
+                    ellipsis(text, width)
+                }
             };
             let paused = paused(&record.id, &state);
+            let mounts: Vec<String> = record
+                .config
+                .mounts
+                .iter()
+                .map(|mount| {
+                    let name = if mount.name.is_empty() { &mount.source } else { &mount.name };
+                    trunc(name, 15)
+                })
+                .collect();
+            let local_volumes = record
+                .config
+                .mounts
+                .iter()
+                .filter(|mount| mount.kind == kiln_cache::volume::MountKind::Volume)
+                .count();
+            let size = if with_size {
+                let writable = upper_size(&store.container_dir(&record.id).join("upper"));
+                let image = store.image(&record.image).map_or(0, |image| image.size);
+                format!(
+                    "{} (virtual {})",
+                    human::size(writable),
+                    human::size(writable + image)
+                )
+            } else {
+                "0B".to_string()
+            };
             json!({
                 "ID": if args.no_trunc { record.id.clone() } else { record.short_id().to_string() },
                 "Image": record.config.image_name,
-                "Command": command,
-                "CreatedAt": record.created,
+                "Command": go_quote(&trunc(&docker_command(&record.config.args), 20)),
+                "CreatedAt": go_time(&record.created),
                 "RunningFor": human::since(Some(&record.created)),
                 "Status": if paused { format!("{} (Paused)", status_text(&state)) } else { status_text(&state) },
                 "State": if paused { json!("paused") } else { serde_json::to_value(state.status).unwrap_or(Value::Null) },
@@ -796,6 +962,9 @@ pub fn ps(global: &Global, args: PsArgs) -> Exit {
                 "Names": record.name,
                 "Labels": record.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
                 "Networks": record.config.network,
+                "Mounts": mounts.join(","),
+                "LocalVolumes": local_volumes.to_string(),
+                "Size": size,
             })
         })
         .collect();
@@ -809,22 +978,105 @@ pub fn ps(global: &Global, args: PsArgs) -> Exit {
         );
         return Exit::Success;
     }
-    render(
-        args.format.as_deref(),
-        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}",
-        &rows,
-        &|field| {
-            Some(
-                match field {
-                    "ID" => "CONTAINER ID",
-                    "RunningFor" => "CREATED",
-                    "CreatedAt" => "CREATED AT",
-                    other => return Some(other.to_ascii_uppercase()),
-                }
-                .to_string(),
-            )
-        },
+    let default_format = if args.size {
+        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}\t{{.Size}}"
+    } else {
+        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+    };
+    render(args.format.as_deref(), default_format, &rows, &|field| {
+        Some(
+            match field {
+                "ID" => "CONTAINER ID",
+                "RunningFor" => "CREATED",
+                "CreatedAt" => "CREATED AT",
+                other => return Some(other.to_ascii_uppercase()),
+            }
+            .to_string(),
+        )
+    })
+}
+
+/// The daemon's `Command` of a container (moby `daemon/list.go`): the path, then the
+/// arguments, each one holding a space wrapped in single quotes (`sh -c 'exit 3'`).
+fn docker_command(args: &[String]) -> String {
+    args.iter()
+        .enumerate()
+        .map(|(index, arg)| {
+            if index > 0 && arg.contains(' ') {
+                format!("'{arg}'")
+            } else {
+                arg.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The docker CLI's `Ellipsis`: at most `width` characters, the last one `…` when cut.
+fn ellipsis(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Go's `strconv.Quote` for the text kiln shows: double quotes, `"` and `\` escaped, control
+/// characters as escapes; other characters (`…` too) as they are.
+fn go_quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\t' => quoted.push_str("\\t"),
+            '\r' => quoted.push_str("\\r"),
+            control if (control as u32) < 0x20 || control as u32 == 0x7f => {
+                quoted.push_str(&format!("\\x{:02x}", control as u32));
+            }
+            other => quoted.push(other),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// A stored RFC 3339 time as Go's `time.Time.String()` prints it in UTC, which `ps`'s
+/// `CreatedAt` shows: `2026-11-26 15:44:11 +0000 UTC`.
+fn go_time(text: &str) -> String {
+    human::parse_time(text).map_or_else(
+        || text.to_string(),
+        |time| time.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
     )
+}
+
+/// The size of a writable layer as Docker counts it (`directory.Size`): the sizes of the
+/// files, symlinks and other non-directories below `dir`, each inode once. The runtime's
+/// empty mount targets and whiteouts weigh nothing.
+fn upper_size(dir: &Path) -> u64 {
+    fn walk(dir: &Path, seen: &mut std::collections::HashSet<u64>) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut total = 0;
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                total += walk(&entry.path(), seen);
+            } else if metadata.len() > 0
+                && seen.insert(std::os::unix::fs::MetadataExt::ino(&metadata))
+            {
+                total += metadata.len();
+            }
+        }
+        total
+    }
+    walk(dir, &mut std::collections::HashSet::new())
 }
 
 #[derive(Debug, clap::Args)]
@@ -849,6 +1101,10 @@ pub fn rm(global: &Global, args: RmArgs) -> Exit {
     for name in &args.containers {
         let result = store.container(name).and_then(|record| {
             let state = current_state(&store, &record);
+            if removed(&store, &record) {
+                // A `--rm` container whose CLI was killed: the repair just removed it.
+                return Ok(Ok(()));
+            }
             let active = matches!(state.status, Status::Running | Status::Restarting);
             if active && !args.force {
                 return Ok(Err(format!(
@@ -895,6 +1151,15 @@ pub fn inspect_json(store: &Store, record: &ContainerRecord) -> Value {
     value
 }
 
+/// A list as Docker's inspect shows it: `null` when empty.
+fn null_if_empty(list: &[String]) -> Value {
+    if list.is_empty() {
+        Value::Null
+    } else {
+        json!(list)
+    }
+}
+
 fn inspect_base(store: &Store, record: &ContainerRecord) -> Value {
     let state = current_state(store, record);
     let paused = paused(&record.id, &state);
@@ -933,13 +1198,20 @@ fn inspect_base(store: &Store, record: &ContainerRecord) -> Value {
         "Name": format!("/{}", record.name),
         "RestartCount": state.restart_count,
         "Driver": "overlay",
+        "Platform": "linux",
+        "LogPath": store.container_log_path(&record.id).display().to_string(),
+        // The files the runtime bind-mounts over the image's /etc ones.
+        "ResolvConfPath": store.container_dir(&record.id).join("resolv.conf").display().to_string(),
+        "HostnamePath": store.container_dir(&record.id).join("hostname").display().to_string(),
+        "HostsPath": store.container_dir(&record.id).join("hosts").display().to_string(),
         "Mounts": volume::mounts_json(&config.mounts),
         "Config": {
             "Hostname": if config.hostname.is_empty() { record.short_id().to_string() } else { config.hostname.clone() },
             "User": config.user,
             "Env": config.env,
-            "Cmd": args,
-            "Entrypoint": [path],
+            // Records made before kiln kept these: the command as a whole.
+            "Cmd": null_if_empty(config.cmd.as_ref().unwrap_or(&config.args)),
+            "Entrypoint": null_if_empty(config.entrypoint.as_deref().unwrap_or_default()),
             "Image": config.image_name,
             "WorkingDir": config.working_dir,
             "Labels": config.labels,
@@ -959,8 +1231,109 @@ fn inspect_base(store: &Store, record: &ContainerRecord) -> Value {
     });
     if let Some(host) = inspect["HostConfig"].as_object_mut() {
         host.extend(volume::host_config_json(config));
+        if let Some(spec) = saved_spec(store, &record.id) {
+            host.extend(limits_json(&spec));
+        }
     }
     inspect
+}
+
+/// The sandbox spec `run`/`create` saved for the container, if it can be read.
+fn saved_spec(store: &Store, id: &str) -> Option<Spec> {
+    let bytes = std::fs::read(store.container_dir(id).join(SPEC_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Docker's `HostConfig` limit and security fields, from the saved spec: 0, `null` or `false`
+/// where nothing was asked for, as Docker shows them. `MemorySwap` is Docker's default of
+/// twice `Memory` when only `-m` was given.
+fn limits_json(spec: &Spec) -> serde_json::Map<String, Value> {
+    let resources = &spec.resources;
+    let memory = resources.memory.unwrap_or(0);
+    let memory_swap = match (resources.memory_swap, resources.memory) {
+        (Some(swap), _) => swap,
+        (None, Some(memory)) => i64::try_from(memory).unwrap_or(i64::MAX).saturating_mul(2),
+        (None, None) => 0,
+    };
+    // Docker shows capabilities with their `CAP_` prefix, whichever way they were given.
+    let capabilities = |list: &[String]| {
+        let named: Vec<String> = list
+            .iter()
+            .map(|name| {
+                let upper = name.to_ascii_uppercase();
+                if upper == "ALL" || upper.starts_with("CAP_") {
+                    upper
+                } else {
+                    format!("CAP_{upper}")
+                }
+            })
+            .collect();
+        null_if_empty(&named)
+    };
+    let mut security = Vec::new();
+    match &spec.seccomp {
+        Seccomp::Default => {}
+        Seccomp::Unconfined => security.push("seccomp=unconfined".to_string()),
+        // Docker shows the profile's JSON itself after `seccomp=`.
+        Seccomp::Profile(profile) => security.push(format!("seccomp={profile}")),
+    }
+    if spec.no_new_privileges {
+        security.push("no-new-privileges".to_string());
+    }
+    let ulimits: Vec<Value> = spec
+        .ulimits
+        .iter()
+        .map(|ulimit| {
+            let limit = |value: u64| i64::try_from(value).unwrap_or(-1);
+            json!({
+                "Name": serde_json::to_value(ulimit.name).unwrap_or(Value::Null),
+                "Soft": limit(ulimit.soft),
+                "Hard": limit(ulimit.hard),
+            })
+        })
+        .collect();
+    let mut host = serde_json::Map::new();
+    host.insert("Memory".into(), json!(memory));
+    host.insert("MemorySwap".into(), json!(memory_swap));
+    host.insert(
+        "NanoCpus".into(),
+        json!(resources.cpus.map_or(0, |cpus| (cpus * 1e9).round() as i64)),
+    );
+    host.insert("CpuShares".into(), json!(resources.cpu_shares.unwrap_or(0)));
+    host.insert(
+        "CpusetCpus".into(),
+        json!(resources.cpuset_cpus.clone().unwrap_or_default()),
+    );
+    host.insert("PidsLimit".into(), json!(resources.pids_limit));
+    host.insert("Ulimits".into(), json!(ulimits));
+    host.insert("CapAdd".into(), capabilities(&spec.cap_add));
+    host.insert("CapDrop".into(), capabilities(&spec.cap_drop));
+    host.insert("Privileged".into(), json!(spec.privileged));
+    host.insert("SecurityOpt".into(), null_if_empty(&security));
+    host
+}
+
+/// Docker's `Config.Entrypoint` and `Config.Cmd` of a container (see [`ContainerConfig`]'s
+/// fields): the image's ENTRYPOINT unless `--entrypoint` replaced it, which also drops the
+/// image's CMD; the arguments after the image, else the image's CMD. Empty means none.
+fn entrypoint_and_cmd(
+    image: &ImageConfig,
+    entrypoint_flag: Option<&str>,
+    args: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let entrypoint = match entrypoint_flag {
+        Some("") => Vec::new(),
+        Some(flag) => vec![flag.to_string()],
+        None => image.config.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd = if !args.is_empty() {
+        args.to_vec()
+    } else if entrypoint_flag.is_some() {
+        Vec::new()
+    } else {
+        image.config.cmd.clone().unwrap_or_default()
+    };
+    (entrypoint, cmd)
 }
 
 /// Runs `each` on every named container, reporting failures as Docker does (`Error response
@@ -1167,6 +1540,15 @@ pub fn wait(global: &Global, args: WaitArgs) -> Exit {
     for_each_container(global, &args.containers, &|store, record, _| {
         let state = current_state(store, record);
         if matches!(state.status, Status::Running | Status::Restarting) {
+            // A detached `--rm` container's record goes with its exit: its monitor tells
+            // the code to attached clients instead.
+            if record.config.auto_remove
+                && state.monitor_pid != 0
+                && let Some(code) = exit_code_from_monitor(store, &record.id)
+            {
+                output::out(&format!("{code}\n"));
+                return Ok(());
+            }
             kiln_runtime::wait_for_exit(supervisor(&state), None);
         }
         let code = match store.container(&record.id) {
@@ -1179,6 +1561,33 @@ pub fn wait(global: &Global, args: WaitArgs) -> Exit {
     })
 }
 
+/// Attaches to a detached container's monitor with no input and the output discarded, and
+/// returns the exit code it reports when the container ends; None when it cannot be reached
+/// (already gone) or did not report one.
+fn exit_code_from_monitor(store: &Store, id: &str) -> Option<i32> {
+    let connection =
+        kiln_runtime::connect_attach(&crate::monitor::attach_socket(store, id)).ok()?;
+    let null = || -> Option<std::os::fd::OwnedFd> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .ok()
+            .map(Into::into)
+    };
+    let options = kiln_runtime::AttachOptions {
+        input: None,
+        output: null()?,
+        error: null()?,
+        tty: false,
+        detach_keys: Vec::new(),
+        proxy_signals_to: None,
+    };
+    match kiln_runtime::attach(connection, options) {
+        Ok(kiln_runtime::AttachEnd::Exited(code)) => Some(code),
+        _ => None,
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
     /// Follow log output (until the container exits)
@@ -1188,7 +1597,7 @@ pub struct LogsArgs {
     #[arg(short = 't', long)]
     timestamps: bool,
     /// Number of lines to show from the end of the logs, or "all"
-    #[arg(short = 'n', long, default_value = "all")]
+    #[arg(short = 'n', long, default_value = "all", allow_hyphen_values = true)]
     tail: String,
     /// Show logs since a timestamp (RFC 3339 or Unix seconds) or a relative time (42m)
     #[arg(long)]
@@ -1200,25 +1609,99 @@ pub struct LogsArgs {
     container: String,
 }
 
-/// `--since`/`--until`: RFC 3339, Unix seconds (with fraction), or a duration before now
-/// (`10s`, `5m`, `2h`, as Go's `time.ParseDuration` for these units).
+/// `--since`/`--until` as Docker's `timetypes.GetTimestamp` reads them: a Go duration before
+/// now (`10s`, `1h30m`, `1.5h`, `250ms`), an RFC 3339 time with or without fraction, seconds
+/// or minutes (`2026-01-02T15:04:05Z`, `2026-01-02T15:04`, `2026-01-02T15`), a date
+/// (`2026-01-02`), zone-less ones in local time, or Unix seconds with a fraction.
 fn log_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    if let Some(time) = human::parse_time(text) {
-        return Some(time);
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone as _};
+    if text != "0"
+        && let Some(nanos) = go_duration(text)
+    {
+        return Some(chrono::Utc::now() - chrono::Duration::nanoseconds(nanos));
     }
-    if let Ok(seconds) = text.parse::<f64>() {
-        return chrono::DateTime::from_timestamp_millis((seconds * 1000.0) as i64);
+    if !text.contains('-') {
+        let seconds: f64 = text.parse().ok()?;
+        return chrono::DateTime::from_timestamp_nanos((seconds * 1e9) as i64).into();
     }
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return None,
+    // With a zone (`Z`, `+01:00`, or a `-01:00` after the date): fill in what RFC 3339 needs.
+    let zoned = text.contains(['z', 'Z', '+']) || text.matches('-').count() == 3;
+    if zoned {
+        let (local, zone) = match text.find(['z', 'Z', '+']) {
+            Some(at) => text.split_at(at),
+            None => text.split_at(text.rfind('-')?),
+        };
+        let zone = if zone.eq_ignore_ascii_case("z") {
+            "+00:00"
+        } else {
+            zone
+        };
+        let full = complete_time(local)?;
+        return chrono::DateTime::parse_from_rfc3339(&format!("{full}{zone}"))
+            .ok()
+            .map(|time| time.with_timezone(&chrono::Utc));
+    }
+    let naive = NaiveDateTime::parse_from_str(&complete_time(text)?, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|date| date.and_hms_opt(0, 0, 0))
+        })?;
+    chrono::Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|time| time.with_timezone(&chrono::Utc))
+}
+
+/// A zone-less date-time (`2026-01-02`, `...T15`, `...T15:04`, `...T15:04:05.5`) with the
+/// missing parts as zeros: `2026-01-02T15:04:00`.
+fn complete_time(text: &str) -> Option<String> {
+    let (date, time) = text.split_once('T').unwrap_or((text, "00"));
+    let time = match time.matches(':').count() {
+        0 => format!("{time}:00:00"),
+        1 => format!("{time}:00"),
+        _ => time.to_string(),
     };
-    Some(chrono::Utc::now() - chrono::Duration::milliseconds((seconds * 1000.0) as i64))
+    Some(format!("{date}T{time}")).filter(|_| !date.is_empty())
+}
+
+/// Go's `time.ParseDuration` in nanoseconds: signed decimal numbers with units (`ns`, `us`,
+/// `µs`, `ms`, `s`, `m`, `h`), one after another (`1h30m`); `0` alone needs no unit.
+fn go_duration(text: &str) -> Option<i64> {
+    let (sign, mut rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1.0, rest),
+        None => (1.0, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += number * scale;
+    }
+    Some((sign * total) as i64)
 }
 
 /// Prints log entries: stdout entries to stdout, stderr entries to stderr.
@@ -1241,20 +1724,27 @@ fn print_entries(entries: &[LogEntry], timestamps: bool) {
 /// pidfd, so the end is seen at once; inotify on the log would make new lines appear without
 /// the 100 ms delay) and stops after a last read once the supervisor is gone.
 pub fn logs(global: &Global, args: LogsArgs) -> Exit {
-    let tail = match args.tail.as_str() {
-        "all" => None,
-        number => match number.parse::<i64>() {
-            Ok(number) if number < 0 => None,
-            Ok(number) => Some(number as usize),
-            Err(_) => return output::error(format!("invalid --tail value: {number}")),
-        },
-    };
+    // Docker's daemon shows everything for `all`, a negative number, or a value that is not
+    // a number at all.
+    let tail = args
+        .tail
+        .parse::<i64>()
+        .ok()
+        .and_then(|number| usize::try_from(number).ok());
     let mut bounds = [None, None];
-    for (bound, text) in bounds.iter_mut().zip([&args.since, &args.until]) {
+    for ((bound, text), flag) in bounds
+        .iter_mut()
+        .zip([&args.since, &args.until])
+        .zip(["since", "until"])
+    {
         if let Some(text) = text {
             match log_time(text) {
                 Some(time) => *bound = Some(time),
-                None => return output::error(format!("invalid time: {text}")),
+                None => {
+                    return output::error(format!(
+                        "invalid value for \"{flag}\": failed to parse value as time or duration: {text:?}"
+                    ));
+                }
             }
         }
     }
@@ -1304,6 +1794,79 @@ pub fn logs(global: &Global, args: LogsArgs) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_times_are_read_as_dockers_get_timestamp_reads_them() {
+        let at = |text: &str| log_time(text).map(|time| time.to_rfc3339());
+        assert_eq!(
+            at("2026-01-02T03:04:05Z").unwrap(),
+            "2026-01-02T03:04:05+00:00"
+        );
+        assert_eq!(
+            at("2026-01-02T03:04:05.5+01:00").unwrap(),
+            "2026-01-02T02:04:05.500+00:00"
+        );
+        assert_eq!(
+            at("2026-01-02T03:04Z").unwrap(),
+            "2026-01-02T03:04:00+00:00"
+        );
+        assert_eq!(
+            at("2026-01-02T03-02:00").unwrap(),
+            "2026-01-02T05:00:00+00:00"
+        );
+        assert_eq!(at("1700000000.5").unwrap(), "2023-11-14T22:13:20.500+00:00");
+        // Zone-less forms are local time: compare with the local reading.
+        let local = |text: &str| {
+            use chrono::TimeZone as _;
+            chrono::Local
+                .from_local_datetime(
+                    &chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").unwrap(),
+                )
+                .earliest()
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        assert_eq!(
+            log_time("2026-01-02").unwrap(),
+            local("2026-01-02T00:00:00")
+        );
+        assert_eq!(
+            log_time("2026-01-02T03").unwrap(),
+            local("2026-01-02T03:00:00")
+        );
+        assert_eq!(
+            log_time("2026-01-02T03:04:05").unwrap(),
+            local("2026-01-02T03:04:05")
+        );
+        for bad in ["bogus", "2026-13-01", "5x", ""] {
+            assert_eq!(at(bad), None, "{bad}");
+        }
+        let ago = |text: &str| (chrono::Utc::now() - log_time(text).unwrap()).num_seconds();
+        assert!((5399..=5401).contains(&ago("1h30m")), "{}", ago("1h30m"));
+        assert!((89..=91).contains(&ago("1.5m")));
+        assert_eq!(go_duration("250ms"), Some(250_000_000));
+        assert_eq!(go_duration("1h"), Some(3_600_000_000_000));
+        assert_eq!(go_duration("10"), None);
+    }
+
+    #[test]
+    fn ps_shows_commands_as_the_docker_cli_does() {
+        let args = |list: &[&str]| list.iter().map(|arg| arg.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            docker_command(&args(&["sh", "-c", "exit 3"])),
+            "sh -c 'exit 3'"
+        );
+        assert_eq!(
+            go_quote(&ellipsis("sh -c 'echo hello > /f'", 20)),
+            "\"sh -c 'echo hello >…\""
+        );
+        assert_eq!(go_quote("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+        assert_eq!(ellipsis("short", 20), "short");
+        assert_eq!(
+            go_time("2026-11-26T15:44:11.027073265Z"),
+            "2026-11-26 15:44:11 +0000 UTC"
+        );
+    }
 
     #[test]
     fn filter_values_match_as_dockers_regular_expressions_do_in_practice() {

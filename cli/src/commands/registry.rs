@@ -20,8 +20,14 @@ pub fn client_options(global: &Global) -> ClientOptions {
     }
 }
 
-/// Docker's per-layer lines (`a3ed95caeb02: Pull complete`).
-struct Lines;
+/// Docker's per-layer lines (`a3ed95caeb02: Pull complete`), on stdout, or on stderr for the
+/// pulls `kiln run` and `kiln create` make (stdout is the container's there, as with Docker).
+pub(crate) struct Lines {
+    to_stderr: bool,
+}
+
+/// The progress lines of an automatic pull (`kiln run`/`create`): Docker writes them to stderr.
+pub(crate) const PULL_LINES_TO_STDERR: Lines = Lines { to_stderr: true };
 
 impl Progress for Lines {
     fn event(&self, event: Event) {
@@ -41,7 +47,11 @@ impl Progress for Lines {
             Event::LayerPushed(layer) => format!("{}: Pushed", layer.short()),
             Event::LayerSkipped(layer) => format!("{}: Skipped foreign layer", layer.short()),
         };
-        output::out(&format!("{line}\n"));
+        if self.to_stderr {
+            output::err(&format!("{line}\n"));
+        } else {
+            output::out(&format!("{line}\n"));
+        }
     }
 }
 
@@ -49,7 +59,7 @@ fn progress(quiet: bool) -> &'static dyn Progress {
     if quiet {
         &kiln_registry::Silent
     } else {
-        &Lines
+        &Lines { to_stderr: false }
     }
 }
 
@@ -332,6 +342,176 @@ pub fn logout(global: &Global, args: LogoutArgs) -> Exit {
         }
         Err(error) => output::error_of(&error),
     }
+}
+
+/// `kiln build --cache-from`/`--cache-to` and the build cache's size cap, around one build:
+/// [`BuildCache::prepare`] before it (parse, import), [`BuildCache::finish`] after it (export,
+/// cap). Lines go to stderr as BuildKit prints them, unless quiet.
+pub struct BuildCache {
+    exports: Vec<kiln_registry::cache::CacheExport>,
+    options: ClientOptions,
+    /// When the build started (seconds): records used since are this build's.
+    since: i64,
+    /// The size cap (`KILN_BUILD_CACHE_MAX`, else the store's default).
+    cap: u64,
+    quiet: bool,
+}
+
+/// The variable that overrides the build cache's size cap (a Docker size: `5GB`, `500m`).
+pub const BUILD_CACHE_MAX: &str = "KILN_BUILD_CACHE_MAX";
+
+impl BuildCache {
+    /// Parses the specs and the cap (errors before anything is built) and imports every
+    /// `--cache-from` into the store. A cache that cannot be imported is a warning, as
+    /// BuildKit has it: the build runs without it.
+    pub fn prepare(
+        global: &Global,
+        store: &mut kiln_cache::store::Store,
+        cache_from: &[String],
+        cache_to: &[String],
+        quiet: bool,
+    ) -> Result<BuildCache, Exit> {
+        use kiln_registry::cache::{CacheExport, CacheImport};
+        let imports = cache_from
+            .iter()
+            .map(|spec| spec.parse::<CacheImport>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| output::error_of(&error))?;
+        let exports = cache_to
+            .iter()
+            .map(|spec| spec.parse::<CacheExport>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| output::error_of(&error))?;
+        let cap = match std::env::var(BUILD_CACHE_MAX) {
+            Ok(value) if !value.trim().is_empty() => kiln_cache::units::ram_in_bytes(&value)
+                .ok_or_else(|| {
+                    output::error(format!(
+                        "invalid {BUILD_CACHE_MAX} {value:?}: expected a size like 5GB"
+                    ))
+                })?,
+            _ => kiln_cache::buildcache::default_build_cache_cap(store.layout().root()),
+        };
+        let options = client_options(global);
+        for import in &imports {
+            let started = std::time::Instant::now();
+            let location = &import.location;
+            let lines = match kiln_registry::cache::import(
+                store,
+                location,
+                &options,
+                &kiln_registry::Silent,
+            ) {
+                Ok(imported) if imported.digest.is_none() => {
+                    format!(
+                        "#0 importing cache manifest from {location}\n#0 WARNING: no cache at {location}\n"
+                    )
+                }
+                Ok(imported) => {
+                    let mounts = if imported.mounts + imported.mounts_present > 0 {
+                        format!(
+                            "#0 {} cache mounts imported, {} already present\n",
+                            imported.mounts, imported.mounts_present
+                        )
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "#0 importing cache manifest from {location}\n#0 {} records imported, {} already present\n{mounts}#0 DONE {:.1}s\n",
+                        imported.records,
+                        imported.present,
+                        started.elapsed().as_secs_f64()
+                    )
+                }
+                Err(error) => format!(
+                    "#0 importing cache manifest from {location}\n#0 WARNING: {}\n",
+                    error_chain(&error)
+                ),
+            };
+            if !quiet {
+                output::err(&lines);
+            }
+        }
+        Ok(BuildCache {
+            exports,
+            options,
+            since: kiln_cache::buildcache::now(),
+            cap,
+            quiet,
+        })
+    }
+
+    /// After a successful build of `image`: exports the cache to every `--cache-to` (a failure
+    /// fails the command unless the spec says `ignore-error=true`), then keeps the build cache
+    /// within its cap.
+    pub fn finish(
+        &self,
+        store: &kiln_cache::store::Store,
+        image: &kiln_cache::digest::Digest,
+    ) -> Result<(), Exit> {
+        for export in &self.exports {
+            let started = std::time::Instant::now();
+            let location = &export.location;
+            let result =
+                kiln_registry::cache::select_records(store, export.mode, image, self.since)
+                    .and_then(|records| {
+                        kiln_registry::cache::export(
+                            store,
+                            &records,
+                            location,
+                            export.cache_mounts,
+                            &self.options,
+                        )
+                    });
+            match result {
+                Ok(exported) => {
+                    if !self.quiet {
+                        output::err(&format!(
+                            "#0 exporting cache to {location}\n#0 writing {} records, {} of {} blobs new\n#0 writing cache manifest {} done\n#0 DONE {:.1}s\n",
+                            exported.records,
+                            exported.written,
+                            exported.blobs,
+                            exported.digest,
+                            started.elapsed().as_secs_f64()
+                        ));
+                    }
+                }
+                Err(error) if export.ignore_error => {
+                    if !self.quiet {
+                        output::err(&format!(
+                            "#0 exporting cache to {location}\n#0 WARNING: {}\n",
+                            error_chain(&error)
+                        ));
+                    }
+                }
+                Err(error) => return Err(output::error_of(&error)),
+            }
+        }
+        match store.enforce_build_cache_cap(self.cap) {
+            Ok(enforced) if enforced.removed > 0 && !self.quiet => {
+                output::err(&format!(
+                    "#0 build cache over {}: removed {} least recently used records, freed {}\n",
+                    crate::human::size(self.cap),
+                    enforced.removed,
+                    crate::human::size(enforced.freed)
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => return Err(output::error_of(&error)),
+        }
+        Ok(())
+    }
+}
+
+/// An error and its causes on one line (`a: b: c`), for warnings.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -1,0 +1,2 @@
+FROM kbase
+COPY . /ctx
