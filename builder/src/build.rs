@@ -1147,10 +1147,30 @@ impl Build<'_> {
                 .map_err(|error| BuildError::at(word.span, error))?
                 .value)
         };
+        // A COPY/ADD heredoc with an unquoted delimiter is expanded with the stage's ARG/ENV
+        // values, quotes being plain characters (BuildKit's `ExpandRaw`: a `\` escape lexer
+        // with `SkipProcessQuotes`, so `'$V'` expands too); `<<"EOF"` and `<<'EOF'` stay
+        // verbatim. The expanded body is what the cache key sees.
+        let expand_heredocs = |heredocs: &[kiln_parser::ast::Heredoc]| {
+            let lexer = Lexer::new('\\');
+            heredocs
+                .iter()
+                .map(|heredoc| {
+                    let mut heredoc = heredoc.clone();
+                    if heredoc.expand {
+                        heredoc.content = lexer
+                            .expand_word(&quotes_escaped(&heredoc.content), &env)
+                            .map_err(|error| BuildError::at(heredoc.span, error))?
+                            .value;
+                    }
+                    Ok(heredoc)
+                })
+                .collect::<Result<Vec<_>, BuildError>>()
+        };
         match op {
             FsOp::Run(run) => {
                 let process_env = self.run_env(state, args);
-                let argv = self.run_argv(state, run, statement)?;
+                let argv = self.run_argv(state, run);
                 let network = match run.network {
                     Some(kiln_parser::ast::Network::None) => "none",
                     Some(kiln_parser::ast::Network::Host) => "host",
@@ -1159,7 +1179,22 @@ impl Build<'_> {
                         BuildNetwork::None => "none",
                     },
                 };
-                let mounts = self.run_mounts(store, stages, results, state, &env, run)?;
+                let mut mounts = self.run_mounts(store, stages, results, state, &env, run)?;
+                if let Some(heredoc) = whole_heredoc(run)
+                    && let Some(path) = script_path(heredoc)
+                {
+                    // As BuildKit: the script is a 0755 file bound read-only at
+                    // /dev/pipes/<name> (inside the container's /dev tmpfs, so it never
+                    // reaches the layer); its content is in the key.
+                    mounts.definition.push(serde_json::json!({
+                        "type": "heredoc-script",
+                        "target": path,
+                        "content": Digest::of(heredoc.content.as_bytes()).to_string(),
+                    }));
+                    mounts
+                        .secrets
+                        .push((path, heredoc.content.clone().into_bytes(), 0o755));
+                }
                 let mut process_env = process_env;
                 let key_env: Vec<String> = process_env
                     .iter()
@@ -1213,6 +1248,7 @@ impl Build<'_> {
                     .iter()
                     .map(&expand)
                     .collect::<Result<_, _>>()?;
+                let heredocs = expand_heredocs(&copy.paths.heredocs)?;
                 self.copy_step(
                     store,
                     stages,
@@ -1223,7 +1259,7 @@ impl Build<'_> {
                     no_cache,
                     CopyRequest {
                         sources,
-                        heredocs: &copy.paths.heredocs,
+                        heredocs: &heredocs,
                         destination,
                         chown,
                         chmod,
@@ -1248,6 +1284,7 @@ impl Build<'_> {
                 let chmod = add.chmod.as_ref().map(&expand).transpose()?;
                 let excludes = add.excludes.iter().map(&expand).collect::<Result<_, _>>()?;
                 let checksum = add.checksum.as_ref().map(&expand).transpose()?;
+                let heredocs = expand_heredocs(&add.paths.heredocs)?;
                 self.copy_step(
                     store,
                     stages,
@@ -1258,7 +1295,7 @@ impl Build<'_> {
                     no_cache,
                     CopyRequest {
                         sources,
-                        heredocs: &add.paths.heredocs,
+                        heredocs: &heredocs,
                         destination,
                         chown,
                         chmod,
@@ -1634,38 +1671,25 @@ impl Build<'_> {
         env
     }
 
-    fn run_argv(
-        &self,
-        state: &State,
-        run: &kiln_parser::ast::Run,
-        statement: &Statement,
-    ) -> Result<Vec<String>, BuildError> {
+    /// The process a RUN starts: exec form as written; shell form through the config's
+    /// shell, its heredocs appended; a lone `#!` heredoc executed directly from its mount.
+    fn run_argv(&self, state: &State, run: &kiln_parser::ast::Run) -> Vec<String> {
         let config = &state.config.config;
         match &run.command {
-            CommandLine::Exec(words) => Ok(words.iter().map(|word| word.text.clone()).collect()),
+            CommandLine::Exec(words) => words.iter().map(|word| word.text.clone()).collect(),
             CommandLine::Shell(text) => {
-                let script = text.text.trim();
-                if let [heredoc] = run.heredocs.as_slice()
-                    && script.starts_with("<<")
-                    && script
-                        .trim_start_matches("<<")
-                        .trim_start_matches('-')
-                        .trim_matches(['"', '\''])
-                        == heredoc.name
-                {
-                    if heredoc.content.starts_with("#!") {
-                        return Err(BuildError::at(
-                            statement.span,
-                            "RUN with a #! heredoc script is not supported yet by kiln",
-                        ));
+                if let Some(heredoc) = whole_heredoc(run) {
+                    if let Some(path) = script_path(heredoc) {
+                        // Executed directly: its `#!` line names the interpreter.
+                        return vec![path];
                     }
-                    return Ok(command_vector(
+                    return command_vector(
                         config,
                         &CommandLine::Shell(kiln_parser::ast::Word {
                             text: heredoc.content.clone(),
                             span: text.span,
                         }),
-                    ));
+                    );
                 }
                 let mut full = text.text.clone();
                 for heredoc in &run.heredocs {
@@ -1673,13 +1697,13 @@ impl Build<'_> {
                     full.push_str(&heredoc.content);
                     full.push_str(&heredoc.name);
                 }
-                Ok(command_vector(
+                command_vector(
                     config,
                     &CommandLine::Shell(kiln_parser::ast::Word {
                         text: full,
                         span: text.span,
                     }),
-                ))
+                )
             }
         }
     }
@@ -2464,10 +2488,14 @@ impl Build<'_> {
             .working_dir
             .clone()
             .unwrap_or_else(|| "/".to_string());
-        let mut destination = request.destination.clone();
-        if !destination.starts_with('/') {
-            destination = format!("{}/{}", workdir.trim_end_matches('/'), destination);
-        }
+        // Cleaned lexically before anything is resolved in the image, as BuildKit does
+        // (`path.Join`): `/symlink/../` is `/`, whatever `/symlink` points at. Whether it
+        // names a directory comes from the text as written (`dest_is_dir_syntax`).
+        let destination = if request.destination.starts_with('/') {
+            kiln_parser::path::clean(&request.destination)
+        } else {
+            kiln_parser::path::clean(&format!("{workdir}/{}", request.destination))
+        };
         let dest_is_dir_syntax = request.destination.ends_with('/')
             || request.destination.ends_with("/.")
             || request.destination == "."
@@ -2598,15 +2626,9 @@ impl Build<'_> {
                 if has_wildcards(&path) {
                     let matched = foreign_matches(source_fs, &path)
                         .map_err(|error| BuildError::at(span, error))?;
+                    // BuildKit's COPY and ADD set AllowEmptyWildcard: a wildcard matching
+                    // nothing copies nothing, even as the only source.
                     several |= matched.len() > 1;
-                    if matched.is_empty() && request.sources.len() == 1 {
-                        return Err(BuildError::at(
-                            span,
-                            format!(
-                                "failed to compute cache key: no source files match \"{source}\""
-                            ),
-                        ));
-                    }
                     let base = wildcard_base(&path);
                     for matched in matched {
                         if exclude
@@ -2633,19 +2655,14 @@ impl Build<'_> {
                 .map_err(|error| context_error(span, &keyword, source, error))?;
             let wildcard = has_wildcards(source);
             if wildcard {
+                // AllowEmptyWildcard, as above: only a plain path must exist.
                 several |= matched.len() > 1;
-                if matched.is_empty() && request.sources.len() == 1 {
-                    return Err(BuildError::at(
-                        span,
-                        format!("failed to compute cache key: no source files match \"{source}\""),
-                    ));
-                }
             }
             let cleaned = kiln_parser::path::clean(&format!("/{source}"));
             let base = wildcard_base(&cleaned);
             let kept_from = parents_pivot(source);
             for matched in matched {
-                let absolute = format!("/{}", matched.relative);
+                let absolute = format!("/{}", matched.named);
                 if wildcard
                     && exclude
                         .as_ref()
@@ -2828,6 +2845,7 @@ impl Build<'_> {
                         let checkout = &checkouts[*index];
                         let root = Source {
                             relative: String::new(),
+                            named: String::new(),
                             host: checkout.root().to_path_buf(),
                             is_dir: true,
                         };
@@ -2874,11 +2892,12 @@ impl Build<'_> {
                             )
                             .map_err(at)?;
                         } else {
+                            // The name as written, not the symlink target's.
                             let base = source
-                                .relative
+                                .named
                                 .rsplit('/')
                                 .next()
-                                .unwrap_or(&source.relative)
+                                .unwrap_or(&source.named)
                                 .to_string();
                             let (directory, entry) = placement(kept, &base);
                             copy_archive(&directory, &mut |archive| {
@@ -3130,6 +3149,65 @@ fn seed_from_context(context: &Context, source: &str, directory: &Path) -> Resul
     .map_err(|error| error.to_string())
 }
 
+/// `text` with every unescaped `'` and `"` escaped by `\\`, so that expanding it gives the
+/// quotes back as plain characters: BuildKit's `SkipProcessQuotes` on a lexer that only has
+/// `RawQuotes`. Escape pairs already in `text` are kept as they are.
+fn quotes_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.push(c);
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            }
+            '\'' | '"' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The heredoc a shell-form RUN consists of alone (`RUN <<EOF` with one heredoc and nothing
+/// else on the line), if any.
+fn whole_heredoc(run: &kiln_parser::ast::Run) -> Option<&kiln_parser::ast::Heredoc> {
+    let CommandLine::Shell(text) = &run.command else {
+        return None;
+    };
+    let script = text.text.trim();
+    match run.heredocs.as_slice() {
+        [heredoc]
+            if script.starts_with("<<")
+                && script
+                    .trim_start_matches("<<")
+                    .trim_start_matches('-')
+                    .trim_matches(['"', '\''])
+                    == heredoc.name =>
+        {
+            Some(heredoc)
+        }
+        _ => None,
+    }
+}
+
+/// Where a `RUN <<EOF` heredoc whose body starts with `#!` is mounted to be executed as a
+/// script (BuildKit's `/dev/pipes/<name>`); `None` for a body that the shell runs.
+fn script_path(heredoc: &kiln_parser::ast::Heredoc) -> Option<String> {
+    heredoc
+        .content
+        .starts_with("#!")
+        // A delimiter is one path component here, whatever it holds.
+        .then(|| match heredoc.name.as_str() {
+            "" | "." | ".." => "/dev/pipes/script".to_string(),
+            name => format!("/dev/pipes/{}", name.replace(['/', '\0'], "_")),
+        })
+}
+
 /// `/a/b/c` → (`/a/b`, `c`).
 fn split_destination(destination: &str) -> (String, String) {
     let trimmed = destination.trim_end_matches('/');
@@ -3255,6 +3333,22 @@ fn context_error(span: Span, keyword: &str, source: &str, error: ContextError) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heredoc_expansion_treats_quotes_as_plain_characters() {
+        let env: BTreeMap<String, String> = [("V".to_string(), "x".to_string())].into();
+        let lexer = Lexer::new('\\');
+        let expand = |text: &str| {
+            lexer
+                .expand_word(&quotes_escaped(text), &env)
+                .unwrap()
+                .value
+        };
+        assert_eq!(expand("a='$V' b=\"$V\"\n"), "a='x' b=\"x\"\n");
+        // Escapes still work as BuildKit's lexer has them: `\$` is a dollar, `\'` a quote.
+        assert_eq!(expand("\\$V \\' it's\n"), "$V ' it's\n");
+        assert_eq!(expand("${UNSET}[${V:-'d'}] ${UNSET:-'d'}"), "[x] 'd'");
+    }
 
     #[test]
     fn destinations_split_into_parent_and_name() {

@@ -151,7 +151,12 @@ impl Drop for RememberedHashes<'_> {
 /// host path it resolves to (symlinks followed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
+    /// The path the source resolves to, relative to the context root (symlinks followed).
     pub relative: String,
+    /// The cleaned relative path as the source was named or matched, before any symlink was
+    /// followed: a copy takes this path's last component as its name (`COPY link.txt /dir/`
+    /// makes `/dir/link.txt` with the target's content, as BuildKit does).
+    pub named: String,
     pub host: PathBuf,
     pub is_dir: bool,
 }
@@ -219,8 +224,8 @@ impl Context {
     }
 
     /// The sources a COPY/ADD source pattern names, sorted by path. A pattern with wildcards
-    /// (`*`, `?`, `[...]`, Go `filepath.Match` syntax) may match nothing only when the
-    /// instruction has other sources; a plain path must exist (and not be excluded).
+    /// (`*`, `?`, `[...]`, Go `filepath.Match` syntax) may match nothing (BuildKit's
+    /// AllowEmptyWildcard); a plain path must exist (and not be excluded).
     pub fn sources(&self, pattern: &str) -> Result<Vec<Source>, ContextError> {
         let cleaned = kiln_parser::path::clean(&format!("/{pattern}"));
         let relative = cleaned.trim_start_matches('/').to_string();
@@ -259,27 +264,48 @@ impl Context {
             } else {
                 format!("{prefix}/{name}")
             };
-            if self.excluded(&relative) {
-                continue;
-            }
+            let source = match self.resolve(&relative) {
+                Ok(source) => source,
+                // Left out by the .dockerignore (and holding nothing re-included).
+                Err(ContextError::NotFound(_)) if self.excluded(&relative) => continue,
+                Err(error) => return Err(error),
+            };
             if rest.is_empty() {
-                out.push(self.resolve(&relative)?);
-            } else {
-                let source = self.resolve(&relative)?;
-                if source.is_dir {
-                    self.walk_pattern(&source.host, relative, rest, out)?;
-                }
+                out.push(source);
+            } else if source.is_dir {
+                self.walk_pattern(&source.host, relative, rest, out)?;
             }
         }
         Ok(())
     }
 
     /// Resolves a cleaned relative path inside the context, following symlinks with chroot
-    /// semantics.
+    /// semantics. A path the `.dockerignore` excludes is not found, unless it is a directory
+    /// holding a re-included (`!`) path: BuildKit sends the parents of what it sends, so such
+    /// a directory exists in its context (with only the re-included content).
     fn resolve(&self, relative: &str) -> Result<Source, ContextError> {
-        if self.excluded(relative) {
-            return Err(ContextError::NotFound(relative.to_string()));
+        if !self.excluded(relative) {
+            return self.follow(relative);
         }
+        let not_found = || ContextError::NotFound(relative.to_string());
+        if !self.ignore.as_ref().is_some_and(Matcher::has_exclusions) {
+            return Err(not_found());
+        }
+        match self.follow(relative) {
+            Ok(source)
+                if source.is_dir
+                    && !self.collect(&source.host, &source.relative, "")?.is_empty() =>
+            {
+                Ok(source)
+            }
+            Ok(_) | Err(ContextError::NotFound(_)) => Err(not_found()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Follows a cleaned relative path inside the context, symlinks with chroot semantics,
+    /// without looking at the `.dockerignore`.
+    fn follow(&self, relative: &str) -> Result<Source, ContextError> {
         let mut resolved: Vec<String> = Vec::new();
         let mut pending: Vec<String> = relative
             .split('/')
@@ -336,6 +362,7 @@ impl Context {
         let metadata = fs::metadata(&host).map_err(io_at(&host))?;
         Ok(Source {
             relative: resolved.join("/"),
+            named: relative.to_string(),
             host,
             is_dir: metadata.is_dir(),
         })
@@ -824,6 +851,8 @@ mod tests {
         assert_eq!(names("src/*/*.rs"), ["src/sub/c.rs"]);
         assert_eq!(names("../src/a.rs"), ["src/a.rs"]);
         assert_eq!(names("abs-link"), ["src/a.rs"]);
+        // A link keeps its own name for the copy.
+        assert_eq!(context.sources("abs-link").unwrap()[0].named, "abs-link");
         assert!(matches!(
             context.sources("secret"),
             Err(ContextError::NotFound(_))

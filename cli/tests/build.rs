@@ -1224,3 +1224,46 @@ fn a_relative_store_root_works_for_run_steps() {
     assert!(stderr(&assert).contains("RUN echo ran"));
     assert_eq!(run_output(&dir, &["relative:1", "cat", "/ran"]), "ran\n");
 }
+
+#[test]
+fn add_skips_an_archive_entry_with_an_empty_name() {
+    let Some(dir) = busybox_store(&[], &[]) else {
+        return;
+    };
+    let ctx = context(&dir, &[("Dockerfile", "FROM busybox\nADD test.tar /\n")]);
+    // As Buildah's add-dir-not-dir archive: a regular file named "" first, then real
+    // content. Docker skips the nameless entry.
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut nameless = tar::Header::new_ustar();
+    nameless.set_entry_type(tar::EntryType::Regular);
+    nameless.set_size(0);
+    nameless.set_mode(0o644);
+    nameless.set_cksum();
+    archive.append(&nameless, std::io::empty()).unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_size(4);
+    file.set_mode(0o644);
+    archive
+        .append_data(&mut file, "fileone", &b"one\n"[..])
+        .unwrap();
+    fs::write(ctx.join("test.tar"), archive.into_inner().unwrap()).unwrap();
+    build(&dir, &ctx, &["-t", "nameless"]).success();
+    assert_eq!(run_output(&dir, &["nameless", "cat", "/fileone"]), "one\n");
+}
+
+#[test]
+fn a_shebang_heredoc_script_is_keyed_by_its_content() {
+    let Some(dir) = busybox_store(&[], &[]) else {
+        return;
+    };
+    for word in ["first", "second"] {
+        let dockerfile = format!("FROM busybox\nRUN <<EOF\n#!/bin/sh\necho {word} > /out\nEOF\n");
+        let ctx = context(&dir, &[("Dockerfile", &dockerfile)]);
+        build(&dir, &ctx, &["-t", word]).success();
+        assert_eq!(
+            run_output(&dir, &[word, "cat", "/out"]),
+            format!("{word}\n")
+        );
+    }
+}

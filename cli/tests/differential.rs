@@ -553,6 +553,10 @@ const CONFORMANCE_KNOWN: &[(&str, &str)] = &[
         DOCKER_20_10_WILDCARD_EXCEPTION,
     ),
     (
+        "buildah_dockerignore-exclude-kind-of-deep-subdir-star",
+        DOCKER_20_10_WILDCARD_EXCEPTION,
+    ),
+    (
         "buildah_dockerignore-allowlist-subdir-nofile-dir",
         DOCKER_20_10_EMPTY_DIRECTORY,
     ),

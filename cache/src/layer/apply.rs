@@ -113,9 +113,10 @@ pub struct ApplyStats {
 /// - **Errors** (nothing further is applied): a name or hardlink target with a `..` component,
 ///   a NUL byte, a component over 255 bytes or a total over `PATH_MAX`; a whiteout naming
 ///   `.`, `..` or nothing (`.wh.`, `.wh..`, `.wh...`); a non-directory entry for the root
-///   itself; a hardlink whose target does not exist in the root or is a directory; a parent
-///   path going through a dangling symlink or a non-directory; unknown entry types; a
-///   truncated or malformed archive.
+///   itself (an entry with an empty name names nothing and is skipped); a hardlink whose
+///   target does not exist in the root or is a directory; a parent path going through a
+///   dangling symlink or a non-directory; unknown entry types; a truncated or malformed
+///   archive.
 /// - **Neutralised** (confined to the root and applied): absolute names and hardlink targets
 ///   (taken relative to the root); symlinked parents and symlink chains (`..` clamps at the
 ///   root); a symlink, file or device where a directory is expected (replaced, not followed);
@@ -209,6 +210,12 @@ impl Applier<'_> {
             return Ok(());
         }
 
+        // An entry with an empty name names no path at all: skipped, as moby's Unpack skips a
+        // root entry over the existing root directory (Buildah's add-dir-not-dir archive has
+        // one). Any other name for the root (`.`, `/`) is an error unless it is a directory.
+        if raw_name.is_empty() {
+            return Ok(());
+        }
         let metadata = read_metadata(entry)?;
         let Some((parent, name)) = path.split() else {
             if kind != EntryType::Directory {

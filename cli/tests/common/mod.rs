@@ -517,47 +517,59 @@ impl LoopbackRegistry {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if let Some(htpasswd) = htpasswd {
-            let path = dir.path().join("htpasswd");
-            fs::write(&path, htpasswd).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                path.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config).unwrap();
-        let child = Process::new(BINARY)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let registry = LoopbackRegistry {
-            child,
-            domain: format!("127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "docker-registry did not start"
+        // A free port can be taken by another test's registry between our probe and its
+        // bind: then ours exits, and another port is tried. Ours is up once its log says so.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut config = format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if let Some(htpasswd) = htpasswd {
+                let path = dir.path().join("htpasswd");
+                fs::write(&path, htpasswd).unwrap();
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                    path.display()
+                ));
+            }
+            let config_path = dir.path().join("config.yml");
+            fs::write(&config_path, config).unwrap();
+            let log_path = dir.path().join("registry.log");
+            let mut child = Process::new(BINARY)
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(fs::File::create(&log_path).unwrap())
+                .spawn()
+                .unwrap();
+            let listening = format!("listening on 127.0.0.1:{port}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                if fs::read_to_string(&log_path).is_ok_and(|log| log.contains(&listening)) {
+                    return Some(LoopbackRegistry {
+                        child,
+                        domain: format!("127.0.0.1:{port}"),
+                        _dir: dir,
+                    });
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("docker-registry did not start");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
-        Some(registry)
+        panic!("docker-registry did not start on any of 5 free ports");
     }
 }
 
@@ -566,4 +578,48 @@ impl Drop for LoopbackRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Like [`run_on_pty`], with no input, a terminal of `rows` x `cols`, and `DOCKER_CONFIG` set
+/// to `dir/docker` (never the user's): returns everything kiln wrote and its exit status.
+pub fn run_on_sized_pty(
+    dir: &std::path::Path,
+    args: &[&str],
+    rows: u16,
+    cols: u16,
+) -> (String, i32) {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let (master, slave) = kiln_runtime::pty::open_pair().unwrap();
+    kiln_runtime::pty::set_window_size(
+        master.as_fd(),
+        kiln_runtime::pty::WindowSize { rows, cols },
+    )
+    .unwrap();
+    let mut command = Process::new(assert_cmd::cargo::cargo_bin("kiln"));
+    command
+        .arg("--root")
+        .arg(dir.join("store"))
+        .args(args)
+        .env("DOCKER_CONFIG", dir.join("docker"))
+        .stdin(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(slave));
+    let mut child = command.spawn().unwrap();
+    drop(command);
+    let reader = std::thread::spawn(move || {
+        let mut master = fs::File::from(master);
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // EIO once kiln (the last user of the slave) is gone.
+        while let Ok(count) = master.read(&mut buffer) {
+            if count == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buffer[..count]);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let status = child.wait().unwrap();
+    (reader.join().unwrap(), status.code().unwrap_or(-1))
 }

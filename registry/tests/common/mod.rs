@@ -44,40 +44,55 @@ impl RegistryServer {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if basic_auth {
-            let htpasswd = dir.path().join("htpasswd");
-            fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                htpasswd.display()
-            ));
+        // A free port can be taken by another test's registry between our probe and its
+        // bind: then ours exits, and another port is tried. Ours is up once its log says so.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut config = format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            );
+            if basic_auth {
+                let htpasswd = dir.path().join("htpasswd");
+                fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n")).unwrap();
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                    htpasswd.display()
+                ));
+            }
+            let config_path = dir.path().join("config.yml");
+            fs::write(&config_path, config).unwrap();
+            let log_path = dir.path().join("registry.log");
+            let mut child = Command::new(REGISTRY_BINARY)
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&log_path).unwrap())
+                .spawn()
+                .unwrap();
+            let listening = format!("listening on 127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if fs::read_to_string(&log_path).is_ok_and(|log| log.contains(&listening)) {
+                    return Some(RegistryServer {
+                        child,
+                        domain: format!("127.0.0.1:{port}"),
+                        _dir: dir,
+                    });
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("docker-registry did not start");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config).unwrap();
-        let child = Command::new(REGISTRY_BINARY)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = RegistryServer {
-            child,
-            domain: format!("127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(server)
+        panic!("docker-registry did not start on any of 5 free ports");
     }
 }
 
