@@ -263,3 +263,93 @@ fn errors_name_what_is_missing() {
         .code(125)
         .stderr(predicate::str::contains("invalid platform"));
 }
+
+/// The layer lines of terminal output: every in-place redraw (`ESC[NA ESC[2K CR TEXT CR
+/// ESC[NB`) as TEXT, in order.
+fn redrawn_lines(output: &str) -> Vec<String> {
+    output
+        .split("\x1b[2K\r")
+        .skip(1)
+        .map(|rest| rest.split('\r').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn push_and_pull_draw_per_layer_progress_bars_on_a_terminal() {
+    let Some(server) = start_registry(false) else {
+        return;
+    };
+    let name = format!("{}/bars:1", server.domain);
+    let dir = small_image(&name);
+
+    let (output, status) = common::run_on_sized_pty(dir.path(), &["push", &name], 30, 140);
+    assert_eq!(status, 0, "{output}");
+    assert!(
+        output.starts_with(&format!(
+            "The push refers to repository [{}/bars]\r\n",
+            server.domain
+        )),
+        "a plain line first: {output:?}"
+    );
+    let lines = redrawn_lines(&output);
+    let layer = lines
+        .first()
+        .and_then(|line| line.strip_suffix(": Preparing "))
+        .unwrap_or_else(|| panic!("Preparing first: {output:?}"))
+        .to_string();
+    let pushing = lines
+        .iter()
+        .find(|line| line.starts_with(&format!("{layer}: Pushing [")))
+        .unwrap_or_else(|| panic!("a Pushing bar: {output:?}"));
+    assert!(
+        pushing.contains("==>] "),
+        "the whole blob at the end: {pushing}"
+    );
+    assert_eq!(lines.last().unwrap(), &format!("{layer}: Pushed "));
+    assert!(
+        output.contains("\x1b[1A\x1b[2K\r") && output.contains("\r\x1b[1B"),
+        "the layer line is redrawn in place: {output:?}"
+    );
+    assert!(output.contains("1: digest: sha256:"), "{output:?}");
+
+    let fresh = tempfile::tempdir().unwrap();
+    let (output, status) = common::run_on_sized_pty(fresh.path(), &["pull", &name], 30, 140);
+    assert_eq!(status, 0, "{output}");
+    let lines = redrawn_lines(&output);
+    assert!(
+        output.starts_with("1: Pulling from bars\r\n"),
+        "a plain line first: {output:?}"
+    );
+    assert_eq!(
+        lines.first().unwrap(),
+        &format!("{layer}: Pulling fs layer ")
+    );
+    let full = lines
+        .iter()
+        .find(|line| line.contains("Downloading [") && line.contains("==>]"))
+        .unwrap_or_else(|| panic!("a full bar: {output:?}"));
+    let sizes = full.rsplit("] ").next().unwrap().trim();
+    let (current, total) = sizes.split_once('/').unwrap();
+    assert_eq!(current, total, "{full}");
+    assert!(total.ends_with('B'), "{full}");
+    assert_eq!(lines.last().unwrap(), &format!("{layer}: Pull complete "));
+    assert!(
+        output.contains("Status: Downloaded newer image for"),
+        "{output:?}"
+    );
+
+    // Narrower than 111 columns: Docker leaves the bar out and keeps the sizes.
+    let narrow = tempfile::tempdir().unwrap();
+    let (output, status) = common::run_on_sized_pty(narrow.path(), &["pull", &name], 30, 97);
+    assert_eq!(status, 0, "{output}");
+    let lines = redrawn_lines(&output);
+    let downloading: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("Downloading"))
+        .collect();
+    assert!(!downloading.is_empty(), "{output:?}");
+    for line in downloading {
+        assert!(!line.contains('['), "no bar at 97 columns: {line}");
+        assert!(line.contains("B/"), "{line}");
+    }
+}

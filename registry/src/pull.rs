@@ -28,7 +28,7 @@ use crate::client::{FetchedManifest, Registry, pull_scope};
 use crate::error::RegistryError;
 use crate::platform::Platform;
 use crate::pool;
-use crate::progress::{Event, Progress};
+use crate::progress::{Counting, Event, Progress, Transfer};
 
 /// Layer media types of foreign (non-distributable) layers, which kiln pulls like others.
 const FOREIGN_LAYER_TYPES: &[&str] = &[
@@ -512,7 +512,13 @@ fn fetch_layer(
         }
         Source::Remote => {
             progress.event(Event::LayerPulling(digest));
-            let body = source.open(&digest)?;
+            let body = Counting::new(
+                source.open(&digest)?,
+                digest,
+                job.descriptor.size,
+                Transfer::Download,
+                progress,
+            );
             let mut raw = Tee {
                 inner: body,
                 copy: DigestWriter::new(blobs.writer()?),

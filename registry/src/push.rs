@@ -20,7 +20,7 @@ use kiln_cache::store::{ImageRecord, Store};
 use crate::client::{Registry, pull_scope, push_scope};
 use crate::error::RegistryError;
 use crate::pool;
-use crate::progress::{Event, Progress};
+use crate::progress::{Counting, Event, Progress, Silent, Transfer};
 use crate::pull::is_foreign_layer;
 
 /// What a push did.
@@ -162,7 +162,14 @@ pub fn push(
             Some(location) => location,
         };
         let size = blobs.size(&digest)?;
-        let mut content = blobs.open(&digest)?;
+        // Docker shows no progress for the config blob.
+        let shown: &dyn Progress = if digest == manifest.config.digest {
+            &Silent
+        } else {
+            progress
+        };
+        let mut content =
+            Counting::new(blobs.open(&digest)?, digest, size, Transfer::Upload, shown);
         let uploaded = registry.upload(
             &location,
             &digest,

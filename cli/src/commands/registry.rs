@@ -3,6 +3,7 @@
 
 use std::io::{self, BufRead as _, IsTerminal as _, Read as _};
 
+use kiln_cache::digest::Digest;
 use kiln_cache::reference::Reference;
 use kiln_registry::credentials::{Credentials, Stored};
 use kiln_registry::{
@@ -31,28 +32,212 @@ pub(crate) const PULL_LINES_TO_STDERR: Lines = Lines { to_stderr: true };
 
 impl Progress for Lines {
     fn event(&self, event: Event) {
-        let line = match event {
-            Event::PullingFrom { tag, repository } => format!("{tag}: Pulling from {repository}"),
-            Event::LayerExists(layer) => format!("{}: Already exists", layer.short()),
-            Event::LayerPulling(layer) => format!("{}: Pulling fs layer", layer.short()),
-            Event::LayerPulled(layer) => format!("{}: Pull complete", layer.short()),
-            Event::PushingTo { repository } => {
-                format!("The push refers to repository [{repository}]")
+        let terminal = if self.to_stderr {
+            io::stderr().is_terminal()
+        } else {
+            io::stdout().is_terminal()
+        };
+        let text = if terminal {
+            let width = terminal_width(self.to_stderr);
+            BARS.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .render(event, width)
+        } else {
+            match plain_line(&event) {
+                Some(line) => format!("{line}\n"),
+                None => return,
             }
-            Event::LayerPreparing(layer) => format!("{}: Preparing", layer.short()),
-            Event::LayerPresent(layer) => format!("{}: Layer already exists", layer.short()),
-            Event::LayerMounted { layer, from } => {
-                format!("{}: Mounted from {from}", layer.short())
-            }
-            Event::LayerPushed(layer) => format!("{}: Pushed", layer.short()),
-            Event::LayerSkipped(layer) => format!("{}: Skipped foreign layer", layer.short()),
         };
         if self.to_stderr {
-            output::err(&format!("{line}\n"));
+            output::err(&text);
         } else {
-            output::out(&format!("{line}\n"));
+            output::out(&text);
         }
     }
+}
+
+/// The line Docker prints for `event` when its output is not a terminal; None for byte counts,
+/// which Docker shows only as progress bars.
+fn plain_line(event: &Event) -> Option<String> {
+    match describe(event) {
+        Described::Heading(line) => Some(line),
+        Described::Layer(layer, status, None) => Some(format!("{}: {status}", layer.short())),
+        Described::Layer(_, _, Some(_)) => None,
+    }
+}
+
+/// What an event shows: a line of its own, or a layer's status with the bytes moved so far
+/// (current, total) for a transfer.
+enum Described {
+    Heading(String),
+    Layer(Digest, String, Option<(u64, u64)>),
+}
+
+fn describe(event: &Event) -> Described {
+    let layer = |layer: &Digest, status: &str| Described::Layer(*layer, status.to_string(), None);
+    match event {
+        Event::PullingFrom { tag, repository } => {
+            Described::Heading(format!("{tag}: Pulling from {repository}"))
+        }
+        Event::PushingTo { repository } => {
+            Described::Heading(format!("The push refers to repository [{repository}]"))
+        }
+        Event::LayerExists(digest) => layer(digest, "Already exists"),
+        Event::LayerPulling(digest) => layer(digest, "Pulling fs layer"),
+        Event::LayerDownloading {
+            layer,
+            current,
+            total,
+        } => Described::Layer(*layer, "Downloading".to_string(), Some((*current, *total))),
+        Event::LayerPulled(digest) => layer(digest, "Pull complete"),
+        Event::LayerPreparing(digest) => layer(digest, "Preparing"),
+        Event::LayerUploading {
+            layer,
+            current,
+            total,
+        } => Described::Layer(*layer, "Pushing".to_string(), Some((*current, *total))),
+        Event::LayerPresent(digest) => layer(digest, "Layer already exists"),
+        Event::LayerMounted {
+            layer: digest,
+            from,
+        } => Described::Layer(*digest, format!("Mounted from {from}"), None),
+        Event::LayerPushed(digest) => layer(digest, "Pushed"),
+        Event::LayerSkipped(digest) => layer(digest, "Skipped foreign layer"),
+    }
+}
+
+/// The width of the terminal the lines go to (200 when it cannot be read, as Docker assumes).
+fn terminal_width(to_stderr: bool) -> usize {
+    use std::os::fd::AsFd as _;
+    let size = if to_stderr {
+        kiln_runtime::pty::window_size(io::stderr().as_fd())
+    } else {
+        kiln_runtime::pty::window_size(io::stdout().as_fd())
+    };
+    match size {
+        Some(size) if size.cols > 0 => usize::from(size.cols),
+        _ => 200,
+    }
+}
+
+/// The per-layer lines on a terminal, redrawn in place as Docker's `jsonmessage` does: one line
+/// per layer, in the order the layers first appear; a line without a layer starts afresh.
+static BARS: std::sync::Mutex<Bars> = std::sync::Mutex::new(Bars {
+    ids: Vec::new(),
+    started: Vec::new(),
+});
+
+struct Bars {
+    /// The layers' short IDs, in screen order (the cursor sits on the line below the last).
+    ids: Vec<String>,
+    /// When each layer's transfer was first seen (for the time left).
+    started: Vec<(Digest, std::time::Instant)>,
+}
+
+impl Bars {
+    /// The terminal output for one event: a plain line, or a layer's line rewritten in place.
+    fn render(&mut self, event: Event, width: usize) -> String {
+        let (layer, status, bytes) = match describe(&event) {
+            Described::Heading(line) => {
+                self.ids.clear();
+                return line + "\n";
+            }
+            Described::Layer(layer, status, bytes) => (layer, status, bytes),
+        };
+        let bar = match bytes {
+            Some((current, total)) => {
+                let started = match self.started.iter().find(|(seen, _)| *seen == layer) {
+                    Some((_, at)) => *at,
+                    None => {
+                        let now = std::time::Instant::now();
+                        self.started.push((layer, now));
+                        now
+                    }
+                };
+                progress_bar(current, total, started.elapsed(), width)
+            }
+            None => String::new(),
+        };
+        let id = layer.short();
+        let mut text = String::new();
+        let line = match self.ids.iter().position(|seen| *seen == id) {
+            Some(line) => line,
+            None => {
+                self.ids.push(id.clone());
+                text.push('\n');
+                self.ids.len() - 1
+            }
+        };
+        let up = self.ids.len() - line;
+        text.push_str(&format!(
+            "\x1b[{up}A\x1b[2K\r{id}: {status} {bar}\r\x1b[{up}B"
+        ));
+        text
+    }
+}
+
+/// Docker's progress text (`JSONProgress.String`): a 50-cell bar when the terminal is wider
+/// than 110 columns, `CURRENT/TOTAL` in decimal units, and the time left.
+fn progress_bar(current: u64, total: u64, elapsed: std::time::Duration, width: usize) -> String {
+    if total == 0 {
+        return format!("{:>8}", human_size(current));
+    }
+    let percentage = ((current as f64 / total as f64 * 100.0) as usize / 2).min(50);
+    let mut text = String::new();
+    if width > 110 {
+        text.push_str(&format!(
+            "[{}>{}] ",
+            "=".repeat(percentage),
+            " ".repeat(50 - percentage)
+        ));
+    }
+    if current > total {
+        text.push_str(&format!("{:>8}", human_size(current)));
+    } else {
+        text.push_str(&format!("{:>8}/{}", human_size(current), human_size(total)));
+    }
+    if current > 0 && percentage < 50 && width > 50 {
+        let per_byte = elapsed.as_nanos() / u128::from(current);
+        let left = u128::from(total - current) * per_byte / 1_000_000_000;
+        text.push(' ');
+        text.push_str(&go_seconds(u64::try_from(left).unwrap_or(u64::MAX)));
+    }
+    text
+}
+
+/// A whole number of seconds as Go's `time.Duration.String` writes it: `0s`, `45s`, `1m30s`,
+/// `2h0m5s`.
+fn go_seconds(seconds: u64) -> String {
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    if hours > 0 {
+        format!("{hours}h{minutes}m{seconds}s")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// A size as Docker's `units.HumanSize` writes it: decimal units, four significant digits,
+/// no trailing zeros (`0B`, `999B`, `1kB`, `12.35MB`).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1000.0 && unit < UNITS.len() - 1 {
+        size /= 1000.0;
+        unit += 1;
+    }
+    let integer_digits = if size < 1.0 {
+        1
+    } else {
+        size.log10().floor() as usize + 1
+    };
+    let mut text = format!("{size:.*}", 4usize.saturating_sub(integer_digits));
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{text}{}", UNITS[unit])
 }
 
 fn progress(quiet: bool) -> &'static dyn Progress {
@@ -516,7 +701,30 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::server_domain;
+    use super::{go_seconds, human_size, progress_bar, server_domain};
+    use std::time::Duration;
+
+    #[test]
+    fn sizes_and_bars_are_written_as_docker_writes_them() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1000), "1kB");
+        assert_eq!(human_size(12_345_678), "12.35MB");
+        assert_eq!(human_size(45_600_000), "45.6MB");
+        assert_eq!(human_size(524_288_000), "524.3MB");
+        assert_eq!(go_seconds(0), "0s");
+        assert_eq!(go_seconds(90), "1m30s");
+        assert_eq!(go_seconds(3605), "1h0m5s");
+        let half = progress_bar(50_000_000, 100_000_000, Duration::from_secs(10), 120);
+        assert_eq!(
+            half,
+            format!("[{}>{}]     50MB/100MB 10s", "=".repeat(25), " ".repeat(25))
+        );
+        let narrow = progress_bar(50_000_000, 100_000_000, Duration::from_secs(10), 97);
+        assert_eq!(narrow, "    50MB/100MB 10s");
+        let done = progress_bar(100, 100, Duration::from_secs(1), 120);
+        assert_eq!(done, format!("[{}>] {:>8}/100B", "=".repeat(50), "100B"));
+    }
 
     #[test]
     fn login_servers_are_reduced_to_their_registry() {
